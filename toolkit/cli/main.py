@@ -1,0 +1,78 @@
+"""The ``clsctl`` entry point: wires subcommands and turns errors into one clear line.
+
+Heavy libraries (torch, timm, pandas) are imported inside command bodies, never here, so
+``clsctl --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from toolkit import __version__
+from toolkit.cli import recipe as recipe_cmd
+
+app = typer.Typer(
+    name="clsctl",
+    help="Image classification for competitions and projects: look at the data, split it without leakage, "
+    "train, predict with TTA, ensemble, clean labels, report.\n\n"
+    "Example: clsctl recipe show recipes/quickstart.toml",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+app.add_typer(recipe_cmd.app, name="recipe")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"clsctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """clsctl: image classification from a folder of images to a validated submission."""
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    if os.environ.get("CLSCTL_DEBUG"):
+        import traceback
+
+        traceback.print_exc()
+    return code
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code (what ``main`` exits with)."""
+    from toolkit.errors import ToolkitError
+
+    try:
+        # Standalone mode lets Typer print usage errors (exit 2) and --help itself.
+        app(args=argv, prog_name="clsctl")
+        return 0
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except ToolkitError as exc:
+        return _fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    except MemoryError:
+        return _fail("out of memory — lower train.batch_size or data.image_size", 1)
+    except OSError as exc:
+        return _fail(f"{exc} — check the path and its permissions (CLSCTL_DEBUG=1 shows the traceback)", 1)
+    except Exception as exc:  # one line for the user; the traceback is a variable away
+        return _fail(f"{type(exc).__name__}: {exc} — set CLSCTL_DEBUG=1 for the traceback and report it", 1)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(run())

@@ -1,0 +1,32 @@
+"""Recipes: TOML files parsed into frozen dataclasses, with ``extends`` and ``--set`` overrides."""
+
+from toolkit.config.loader import (
+    get_value,
+    iter_keys,
+    load_recipe,
+    parse_override,
+    recipe_from_dict,
+    recipe_to_dict,
+    recipe_to_toml,
+    with_overrides,
+)
+from toolkit.config.schema import (
+    SECTIONS,
+    AugConfig,
+    DataConfig,
+    LossConfig,
+    ModelConfig,
+    OptimConfig,
+    Recipe,
+    SchedConfig,
+    SplitConfig,
+    TargetsConfig,
+    TrainConfig,
+    TTAConfig,
+)
+
+__all__ = [
+    "SECTIONS", "AugConfig", "DataConfig", "LossConfig", "ModelConfig", "OptimConfig", "Recipe", "SchedConfig",
+    "SplitConfig", "TTAConfig", "TargetsConfig", "TrainConfig", "get_value", "iter_keys", "load_recipe",
+    "parse_override", "recipe_from_dict", "recipe_to_dict", "recipe_to_toml", "with_overrides",
+]

@@ -1,0 +1,62 @@
+"""The one error hierarchy.
+
+Library code raises these; ``toolkit.cli.main.main`` turns them into a single line
+``error: <what> — <how to fix>`` on stderr and an exit code. Exit 2 is for things the
+user can fix in their input (usage, recipe, data); exit 1 for failures at run time.
+"""
+
+from __future__ import annotations
+
+
+class ToolkitError(Exception):
+    """Base class. ``hint`` says how to fix it; ``exit_code`` is what the CLI returns."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} — {self.hint}" if self.hint else self.message
+
+
+class UsageError(ToolkitError):
+    """Arguments that do not fit together or name something that does not exist."""
+
+    exit_code = 2
+
+
+class RecipeError(ToolkitError):
+    """A recipe that cannot be loaded: unknown key, wrong type, bad value, missing file."""
+
+    exit_code = 2
+
+
+class DataError(ToolkitError):
+    """Data that cannot be used as asked: missing columns, bad paths, empty classes."""
+
+    exit_code = 2
+
+
+class ImageError(DataError):
+    """One image file that cannot be decoded. ``path`` names it."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"cannot read image {path}: {reason}",
+                         "remove or replace the file, or run `clsctl eda` to list every unreadable file")
+        self.path = path
+        self.reason = reason
+
+
+class RunError(ToolkitError):
+    """A run folder that is missing, incomplete or of the wrong kind."""
+
+    exit_code = 2
+
+
+class TrainingError(ToolkitError):
+    """Training cannot go on (non-finite loss, no usable device, ...)."""
+
+    exit_code = 1
