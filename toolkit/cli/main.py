@@ -14,6 +14,8 @@ import typer
 
 from toolkit import __version__
 from toolkit.cli import recipe as recipe_cmd
+from toolkit.cli import split as split_cmd
+from toolkit.cli import train as train_cmd
 
 app = typer.Typer(
     name="clsctl",
@@ -26,6 +28,8 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 app.add_typer(recipe_cmd.app, name="recipe")
+app.command("split")(split_cmd.split)
+app.command("train")(train_cmd.train)
 
 
 def _version(value: bool) -> None:

@@ -26,7 +26,7 @@ def _f(default: Any, help: str, *, path: bool = False, factory: bool = False) ->
 class DataConfig:
     root: str | None = _f(None, "image root folder (ImageFolder, pattern or manifest root); `builtin:digits` for the bundled digits", path=True)
     manifest: str | None = _f(None, "CSV or Parquet manifest with a path column relative to `root` (a `clsctl split` output works)", path=True)
-    pattern: str | None = _f(None, "regex with named groups matched against each relative path, e.g. `(?P<id>\\d+)_(?P<gender>\\w+)_.*/(?P<mask>[a-z]+)\\d*\\.`")
+    pattern: str | None = _f(None, "regex with named groups that must match the whole relative path, e.g. `images/(?P<id>\\d+)_(?P<gender>[a-z]+)_(?P<race>\\w+)_(?P<age>\\d+)/(?P<stem>[a-z_]+?)\\d*\\.\\w+`")
     unlabeled: bool = _f(False, "treat `root` as a folder of unlabeled images (a test set)")
     path_column: str = _f("path", "manifest column holding the relative image path")
     label_column: str = _f("label", "column holding the class label (ImageFolder: the subfolder name)")

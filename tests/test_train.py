@@ -1,0 +1,268 @@
+"""The trainer, end to end on tiny generated data: artifacts, resume after a real kill, DDP, multi-head."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from imagegen import make_imagefolder, write_recipe
+
+from toolkit.cli.main import run as cli
+from toolkit.config import load_recipe
+from toolkit.errors import ToolkitError, TrainingError
+
+REPO = Path(__file__).resolve().parents[1]
+VOLATILE = ("seconds", "train_img_s")
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    return make_imagefolder(tmp_path_factory.mktemp("imgs") / "train", per_class=12)
+
+
+def _only_run(runs: Path) -> Path:
+    found = [p for p in runs.iterdir() if (p / "run.json").is_file()]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def _metrics(run_dir: Path) -> pd.DataFrame:
+    df = pd.read_csv(run_dir / "metrics.csv")
+    return df.drop(columns=[c for c in VOLATILE if c in df.columns]).sort_values(["fold", "epoch"]).reset_index(drop=True)
+
+
+def test_one_epoch_writes_every_artifact(images, tmp_path):
+    recipe = write_recipe(tmp_path / "r.toml", images)
+    runs = tmp_path / "runs"
+    assert cli(["train", "--recipe", str(recipe), "--runs", str(runs), "--name", "tiny"]) == 0
+    run_dir = _only_run(runs)
+    assert run_dir.name.endswith("-tiny")
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "finished" and info["kind"] == "train" and info["data_fingerprint"]
+    assert load_recipe(run_dir / "recipe.toml") == load_recipe(recipe)
+
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    assert sorted(metrics["fold"].unique()) == [0, 1, 2] and len(metrics) == 3
+    for col in ("train_loss", "val_loss", "accuracy", "macro_f1", "lr", "seconds", "train_img_s",
+                "recall_red", "recall_green", "recall_blue"):
+        assert col in metrics.columns and metrics[col].notna().all(), col
+
+    oof = pd.read_parquet(run_dir / "oof.parquet")
+    assert len(oof) == 36 and oof["id"].is_unique
+    assert list(oof.columns[:4]) == ["id", "path", "fold", "label"]
+    probs = oof[["blue", "green", "red"]].to_numpy()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    manifest = pd.read_csv(run_dir / "manifest.csv")
+    assert dict(zip(oof["path"], oof["fold"], strict=True)) == dict(zip(manifest["path"], manifest["fold"], strict=True))
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["classes"] == {"label": ["blue", "green", "red"]}
+    assert set(summary["cv"]["macro_f1"]) >= {"mean", "std"}
+    cm = np.array(summary["oof"]["confusion_matrix"])
+    assert cm.shape == (3, 3) and cm.sum() == 36
+    assert set(summary["oof"]["per_class_recall"]) == {"blue", "green", "red"}
+
+    for k in range(3):
+        fold = run_dir / "folds" / str(k)
+        for name in ("model.safetensors", "model.json", "oof.parquet", "done.json", "state/progress.json"):
+            assert (fold / name).is_file(), (k, name)
+        assert not any(p.name.startswith(".") for p in fold.iterdir())
+
+    # The best checkpoint loads straight into timm, as the docs promise.
+    import timm
+
+    meta = json.loads((run_dir / "folds/0/model.json").read_text())
+    model = timm.create_model(meta["arch"], pretrained=True, num_classes=meta["num_classes"],
+                              pretrained_cfg_overlay=dict(file=str(run_dir / "folds/0/model.safetensors")))
+    assert meta["classes"] == ["blue", "green", "red"] and meta["image_size"] == 32
+    with torch.no_grad():
+        assert model.eval()(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
+
+
+def test_learns_the_colours(images, tmp_path):
+    recipe = write_recipe(tmp_path / "r.toml", images, train={"epochs": 4, "deterministic": False},
+                          aug={"preset": "none"})
+    runs = tmp_path / "runs"
+    assert cli(["train", "--recipe", str(recipe), "--runs", str(runs), "--folds", "0"]) == 0
+    summary = json.loads((_only_run(runs) / "summary.json").read_text())
+    assert summary["folds"]["0"]["metrics"]["accuracy"] >= 0.75, summary["folds"]["0"]
+
+
+def _train_cmd(recipe: Path, runs: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "toolkit", "train", "--recipe", str(recipe), "--runs", str(runs), *extra]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+def test_resume_after_kill_matches_uninterrupted(images, tmp_path):
+    recipe = write_recipe(tmp_path / "r.toml", images, train={"epochs": 4, "deterministic": True},
+                          split={"folds": 2})
+    full = tmp_path / "full"
+    subprocess.run(_train_cmd(recipe, full, "--folds", "0"), check=True, env=_env(), capture_output=True)
+
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen(_train_cmd(recipe, cut, "--folds", "0"), env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    metrics_file = None
+    while time.time() < deadline and proc.poll() is None:
+        runs = [p for p in cut.glob("*") if (p / "metrics.csv").is_file()] if cut.exists() else []
+        if runs:
+            metrics_file = runs[0] / "metrics.csv"
+            if len(metrics_file.read_text().strip().splitlines()) >= 3:  # header + 2 epochs
+                break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=60)
+    run_dir = metrics_file.parent
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
+    assert not (run_dir / "folds/0/done.json").exists()
+
+    done = subprocess.run([sys.executable, "-m", "toolkit", "train", "--resume", str(run_dir), "--folds", "0",
+                           "--runs", str(cut)], env=_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "resumed after epoch" in done.stdout
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"
+    pd.testing.assert_frame_equal(_metrics(run_dir), _metrics(_only_run(full)))
+    a = pd.read_parquet(run_dir / "oof.parquet")
+    b = pd.read_parquet(_only_run(full) / "oof.parquet")
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_same_seed_same_metrics(images, tmp_path):
+    recipe = write_recipe(tmp_path / "r.toml", images, train={"epochs": 2, "deterministic": True})
+    for name in ("a", "b"):
+        assert cli(["train", "--recipe", str(recipe), "--runs", str(tmp_path / name), "--folds", "1"]) == 0
+    pd.testing.assert_frame_equal(_metrics(_only_run(tmp_path / "a")), _metrics(_only_run(tmp_path / "b")))
+
+
+def test_resume_skips_finished_folds_and_rejects_recipe(images, tmp_path):
+    recipe = write_recipe(tmp_path / "r.toml", images, split={"folds": 2})
+    runs = tmp_path / "runs"
+    assert cli(["train", "--recipe", str(recipe), "--runs", str(runs), "--folds", "0"]) == 0
+    run_dir = _only_run(runs)
+    before = (run_dir / "folds/0/model.safetensors").stat().st_mtime_ns
+    assert cli(["train", "--resume", run_dir.name, "--runs", str(runs)]) == 0
+    assert (run_dir / "folds/0/model.safetensors").stat().st_mtime_ns == before
+    assert (run_dir / "folds/1/done.json").is_file()
+    assert len(pd.read_parquet(run_dir / "oof.parquet")) == 36
+    assert cli(["train", "--resume", run_dir.name, "--runs", str(runs), "--recipe", str(recipe)]) == 2
+
+
+def test_non_finite_loss_stops_with_clear_error_keeping_checkpoint(images, tmp_path, monkeypatch):
+    from toolkit.train import trainer as trainer_mod
+
+    recipe = load_recipe(write_recipe(tmp_path / "r.toml", images, train={"epochs": 3}))
+    original = trainer_mod.Trainer._loss
+
+    def poisoned(self, logits, targets, criteria, weights):
+        loss = original(self, logits, targets, criteria, weights)
+        # From the second epoch on, training losses turn NaN (validation stays finite).
+        return loss * float("nan") if logits.requires_grad and self.fold_progress.epoch >= 0 else loss
+
+    monkeypatch.setattr(trainer_mod.Trainer, "_loss", poisoned)
+    with pytest.raises(TrainingError, match="non-finite loss in fold 0, epoch 1"):
+        trainer_mod.Trainer(recipe, runs_root=tmp_path / "runs", folds="0").run()
+    run_dir = _only_run(tmp_path / "runs")
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"
+    assert (run_dir / "folds/0/model.safetensors").is_file()
+    assert json.loads((run_dir / "folds/0/model.json").read_text())["epoch"] == 0
+
+
+def test_offline_pretrained_fails_fast(images, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    recipe = load_recipe(write_recipe(tmp_path / "r.toml", images, model={"name": "resnet18", "pretrained": True}))
+    from toolkit.train.trainer import Trainer
+
+    start = time.perf_counter()
+    with pytest.raises(ToolkitError, match="pretrained") as exc:
+        Trainer(recipe, runs_root=tmp_path / "runs", folds="0").run()
+    assert time.perf_counter() - start < 5
+    assert "pretrained_file" in str(exc.value)
+
+
+def test_pretrained_file_missing_and_bad_model_name(images, tmp_path):
+    recipe = write_recipe(tmp_path / "r.toml", images, model={"pretrained_file": "nope.safetensors"})
+    assert cli(["train", "--recipe", str(recipe), "--runs", str(tmp_path / "runs"), "--folds", "0"]) == 2
+    recipe = write_recipe(tmp_path / "r2.toml", images, model={"name": "resnet_18"})
+    assert cli(["train", "--recipe", str(recipe), "--runs", str(tmp_path / "runs"), "--folds", "0"]) == 2
+    assert cli(["train", "--recipe", str(recipe), "--runs", str(tmp_path / "runs"), "--folds", "7"]) == 2
+
+
+def test_bad_loss_or_metric_fails_before_any_run(images, tmp_path):
+    recipe = write_recipe(tmp_path / "r.toml", images, loss={"name": "focall"})
+    runs = tmp_path / "runs"
+    assert cli(["train", "--recipe", str(recipe), "--runs", str(runs)]) == 2
+    assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_multihead_metrics_and_oof(tmp_path):
+    # Two heads: colour (3) and brightness (2); the combined label has 6 classes.
+    root = tmp_path / "mh"
+    rng = np.random.default_rng(0)
+    rows = []
+    for colour, rgb in {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}.items():
+        for bright in ("dark", "light"):
+            for i in range(6):
+                scale = 0.35 if bright == "dark" else 1.0
+                pix = np.array(rgb, np.float32) * scale + rng.normal(0, 10, (24, 24, 3))
+                rel = f"{colour}_{bright}_{i}.png"
+                root.mkdir(exist_ok=True)
+                from PIL import Image
+
+                Image.fromarray(np.clip(pix, 0, 255).astype(np.uint8)).save(root / rel)
+                rows.append({"path": rel, "colour": colour, "bright": bright, "label": f"{colour}_{bright}"})
+    pd.DataFrame(rows).to_csv(tmp_path / "m.csv", index=False)
+    recipe = write_recipe(tmp_path / "r.toml", root, data={"manifest": str(tmp_path / "m.csv")},
+                          targets={"heads": ["colour", "bright"]}, train={"epochs": 2})
+    runs = tmp_path / "runs"
+    assert cli(["train", "--recipe", str(recipe), "--runs", str(runs), "--folds", "0"]) == 0
+    run_dir = _only_run(runs)
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    for col in ("macro_f1", "colour/macro_f1", "bright/macro_f1", "colour/accuracy"):
+        assert col in metrics.columns, col
+    oof = pd.read_parquet(run_dir / "oof.parquet")
+    for col in ("label:colour", "label:bright", "colour:red", "bright:dark"):
+        assert col in oof.columns
+    np.testing.assert_allclose(oof[["colour:blue", "colour:green", "colour:red"]].sum(axis=1), 1.0, atol=1e-5)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert np.array(summary["oof"]["combined"]["confusion_matrix"]).shape == (6, 6)
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_single_process(images, tmp_path):
+    """Real 2-process DDP on CPU (gloo): one run folder, complete OOF, metrics close to 1 process."""
+    recipe = write_recipe(tmp_path / "r.toml", images, train={"epochs": 2, "batch_size": 4, "deterministic": True},
+                          split={"folds": 2})
+    single = tmp_path / "single"
+    subprocess.run(_train_cmd(recipe, single, "--folds", "0", "--set", "train.batch_size=8"), check=True, env=_env(), capture_output=True)
+    double = tmp_path / "double"
+    env = {**_env(), "ACCELERATE_USE_CPU": "true"}
+    # batch 4 per process × 2 processes = batch 8, the single-process batch of the comparison run
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "toolkit", "train",
+           "--recipe", str(recipe), "--runs", str(double), "--folds", "0"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run_dir = _only_run(double)
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["num_processes"] == 2 and info["status"] == "finished"
+    oof = pd.read_parquet(run_dir / "oof.parquet")
+    manifest = pd.read_csv(run_dir / "manifest.csv")
+    assert oof["id"].is_unique and len(oof) == int((manifest["fold"] == 0).sum())
+    m2 = _metrics(run_dir)
+    m1 = _metrics(_only_run(single))
+    assert len(m2) == len(m1) == 2
+    np.testing.assert_allclose(m2["val_loss"], m1["val_loss"], rtol=0.25)

@@ -1,0 +1,115 @@
+"""``clsctl split``: assign folds without leakage and show that they are balanced."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from toolkit.cli.options import NameOpt, RunsOpt
+
+
+def split(
+    source: Annotated[Path, typer.Argument(help="ImageFolder directory, or a CSV/Parquet manifest with a path column.",
+                                           show_default=False)],
+    folds: Annotated[int, typer.Option("--folds", "-k", help="Number of folds.")] = 5,
+    group: Annotated[str | None, typer.Option("--group", "-g", metavar="COL", help="Column whose values never straddle two folds "
+                                              "(person, photo, patient).", show_default=False)] = None,
+    stratify: Annotated[list[str] | None, typer.Option(
+        "--stratify", metavar="COL", help="Column whose class shares every fold keeps [default: the label]; repeat it to "
+        "stratify on a combination of columns.", show_default=False)] = None,
+    no_stratify: Annotated[bool, typer.Option("--no-stratify", help="Plain (group) k-fold, no stratification.")] = False,
+    holdout: Annotated[float | None, typer.Option("--holdout", metavar="FRAC", help="One train/valid split with this validation "
+                                                  "fraction instead of k folds.", show_default=False)] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the fold assignment.")] = 42,
+    label: Annotated[str, typer.Option("--label", metavar="COL", help="Column holding the class.")] = "label",
+    root: Annotated[Path | None, typer.Option("--root", metavar="DIR", help="Folder the manifest's paths are relative to "
+                                              "[default: found next to the manifest].", show_default=False)] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", metavar="FILE", help="Also write the manifest with its fold column "
+                                             "here (.csv or .parquet).", show_default=False)] = None,
+    dedup: Annotated[bool, typer.Option("--dedup", help="Hash every image and check that no duplicate pair is "
+                                        "split across folds.")] = False,
+    hashes: Annotated[Path | None, typer.Option("--hashes", metavar="FILE", help="Check duplicates from an eda run folder or its "
+                                                "hashes.parquet (or a pair table with columns a, b).",
+                                                show_default=False)] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when the audit finds any leakage.")] = False,
+    name: NameOpt = None,
+    runs: RunsOpt = None,
+) -> None:
+    """Assign folds (grouped, stratified, seeded), audit them for leakage, and record a `split` run.
+
+    Example: clsctl split data/train.csv --folds 5 --group person_id --out folds.csv
+    """
+    from toolkit.data.splits import LeakageError, make_split
+
+    strat: list[str] | None = None if no_stratify else (stratify or [label])
+    result = make_split(source, root=root, label=label, folds=folds, group=group, stratify=strat,
+                        holdout=holdout, seed=seed, out=out, dedup=dedup, hashes=hashes, strict=strict,
+                        name=name, runs=runs)
+    _print(result)
+    if result.strict_failure is not None:
+        raise LeakageError(result.strict_failure,
+                           "use --group on the column that ties images together, or remove the duplicates "
+                           "(clsctl eda lists them); run without --strict to keep this split anyway")
+
+
+def _pct(share: float) -> str:
+    return f"{100 * share:.1f}"
+
+
+def _print(result: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    report, audit = result.report, result.audit
+    console = Console(width=200 if not Console().is_terminal else None, highlight=False, markup=False)
+    grouped = report["group"] is not None
+    classes = report["classes"]
+    table = Table(box=None, pad_edge=False)
+    table.add_column("fold")
+    table.add_column("n", justify="right")
+    if grouped:
+        table.add_column("groups", justify="right")
+    for name in classes:
+        table.add_column(f"{name} %", justify="right")
+
+    def row(title: str, block: dict[str, Any]) -> list[str]:
+        cells = [title, str(block["n"])]
+        if grouped:
+            cells.append(str(block["groups"]))
+        return cells + [_pct(block["share"][c]) for c in classes]
+
+    holdout = report["train_only"] is not None
+    for block in report["folds"]:
+        table.add_row(*row("valid" if holdout else str(block["fold"]), block))
+    if holdout:
+        table.add_row(*row("train", report["train_only"]))
+    table.add_row(*row("all", report["overall"]), style="bold")
+    console.print(table)
+
+    dev = report["max_deviation"]
+    if dev is not None:
+        where = "the validation set" if holdout else f"fold {dev['fold']}"
+        console.print(f"max deviation from the overall class share: {100 * dev['value']:.2f} points "
+                      f"({dev['class']}, {where})")
+    for note in result.warnings:
+        console.print(f"warning: {note}")
+
+    if grouped:
+        crossing = audit["groups_crossing"]
+        console.print(f"audit: {len(crossing)} {report['group']} group(s) in more than one fold"
+                      + (f": {', '.join(map(str, crossing[:10]))}" if crossing else ""))
+    dup = audit["duplicates"]
+    if dup is not None:
+        text = (f"audit: {len(dup['crossing'])} of {dup['matched']} duplicate pair(s) split across folds")
+        if dup["unmatched"]:
+            text += f" ({dup['unmatched']} pair(s) not in this manifest ignored)"
+        console.print(text)
+        for pair in dup["crossing"][:10]:
+            console.print(f"  {pair['a']} (fold {pair['fold_a']}) ~ {pair['b']} (fold {pair['fold_b']}) "
+                          f"[{pair['kind']}, distance {pair['distance']}]")
+    console.print("audit: " + ("ok" if audit["ok"] else f"{audit['findings']} finding(s)"))
+    for path in result.written:
+        console.print(f"wrote {path}")
+    console.print(f"run {result.run.id} (image root {result.manifest.attrs.get('root', '')})")

@@ -1,0 +1,189 @@
+"""Train and eval transforms built from one recipe, so predict/TTA can never drift from training.
+
+Both pipelines share the resize and normalization steps; the train pipeline adds the augmentation
+preset, the optional flip and the recipe's extra albumentations transforms. Eval is what predict
+uses: it is derived here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from toolkit.config.schema import AugConfig, DataConfig, Recipe
+from toolkit.errors import DataError, RecipeError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _preset_none() -> list[Any]:
+    return []
+
+
+def _preset_light() -> list[Any]:
+    import albumentations as A
+
+    return [
+        A.Affine(scale=(0.9, 1.1), translate_percent=(-0.05, 0.05), rotate=(-10, 10), p=0.5),
+        A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=0.5),
+    ]
+
+
+def _preset_medium() -> list[Any]:
+    import albumentations as A
+
+    return [
+        A.Affine(scale=(0.85, 1.15), translate_percent=(-0.08, 0.08), rotate=(-15, 15), p=0.7),
+        A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
+        A.HueSaturationValue(hue_shift_limit=10, sat_shift_limit=20, val_shift_limit=10, p=0.3),
+        A.CoarseDropout(num_holes_range=(1, 4), hole_height_range=(0.05, 0.15), hole_width_range=(0.05, 0.15), p=0.3),
+    ]
+
+
+def _preset_sketch() -> list[Any]:
+    import albumentations as A
+
+    # Stroke width varies between artists; erosion thickens dark strokes on a light page, dilation thins them.
+    return [
+        A.OneOf([A.Morphological(scale=(2, 3), operation="erosion"),
+                 A.Morphological(scale=(2, 3), operation="dilation")], p=0.4),
+        A.Affine(scale=(0.85, 1.15), translate_percent=(-0.08, 0.08), rotate=(-15, 15), fill=255, p=0.7),
+        A.CoarseDropout(num_holes_range=(1, 4), hole_height_range=(0.05, 0.15), hole_width_range=(0.05, 0.15),
+                        fill=255, p=0.3),
+    ]
+
+
+def _preset_face() -> list[Any]:
+    import albumentations as A
+
+    return [
+        A.CLAHE(clip_limit=(1, 3), p=0.3),
+        A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=0.5),
+        A.Affine(scale=(0.95, 1.05), translate_percent=(-0.03, 0.03), rotate=(-8, 8), p=0.5),
+    ]
+
+
+PRESETS: dict[str, Callable[[], list[Any]]] = {
+    "none": _preset_none,
+    "light": _preset_light,
+    "medium": _preset_medium,
+    "sketch": _preset_sketch,
+    "face": _preset_face,
+}
+
+
+def list_presets() -> list[str]:
+    """Names of the augmentation presets."""
+    return sorted(PRESETS)
+
+
+def transform_from_spec(spec: dict[str, Any], key: str = "aug.transforms") -> Any:
+    """Build one albumentations transform from ``{ name = "CLAHE", p = 0.3, ... }``.
+
+    Raises:
+        RecipeError: unknown transform or argument, or a value albumentations rejects.
+    """
+    import difflib
+
+    import albumentations as A
+
+    spec = dict(spec)
+    name = spec.pop("name", None)
+    if not isinstance(name, str):
+        raise RecipeError(f"`{key}` entry {spec} has no `name`", 'write { name = "CLAHE", p = 0.3 }')
+    cls = getattr(A, name, None)
+    if not (inspect.isclass(cls) and issubclass(cls, A.BasicTransform)):
+        close = difflib.get_close_matches(name, [n for n in dir(A) if n[:1].isupper()], n=1)
+        hint = f"did you mean `{close[0]}`?" if close else "see albumentations' list of transforms"
+        raise RecipeError(f"`{key}`: albumentations has no transform `{name}`", hint)
+    params = inspect.signature(cls.__init__).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        unknown = [k for k in spec if k not in params]
+        if unknown:
+            valid = [p for p in params if p not in ("self", "args", "kwargs")]
+            raise RecipeError(f"`{key}`: {name} has no argument `{unknown[0]}`", f"valid arguments: {', '.join(valid)}")
+    try:
+        return cls(**spec)
+    except Exception as exc:  # albumentations validates with pydantic: turn its message into one line
+        first = str(exc).strip().splitlines()
+        raise RecipeError(f"`{key}`: {name}({', '.join(f'{k}={v!r}' for k, v in spec.items())}) is invalid: "
+                          f"{' '.join(first[:3])}", "check the argument values in albumentations' documentation") from None
+
+
+def resolve_normalization(data: DataConfig, model_cfg: dict[str, Any] | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean and std (0..1 units) from ``data.normalize``, explicit ``data.mean/std`` winning."""
+    if data.mean is not None or data.std is not None:
+        if data.mean is None or data.std is None or len(data.mean) != len(data.std):
+            raise RecipeError("data.mean and data.std must both be set, with one value per channel",
+                              "set both, e.g. mean = [0.5, 0.5, 0.5] and std = [0.5, 0.5, 0.5]")
+        return tuple(data.mean), tuple(data.std)
+    if data.normalize == "imagenet":
+        return IMAGENET_MEAN, IMAGENET_STD
+    if data.normalize == "none":
+        return (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    if data.normalize == "model":
+        cfg = model_cfg or {}
+        return tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
+    # "dataset": the statistics `clsctl eda` measured and wrote to eda.json
+    if not data.stats_file:
+        raise RecipeError('data.normalize = "dataset" needs data.stats_file', 'point it at the eda.json of `clsctl eda`')
+    path = Path(data.stats_file)
+    try:
+        stats = json.loads(path.read_text())["stats"]
+        return tuple(stats["mean"]), tuple(stats["std"])
+    except FileNotFoundError:
+        raise DataError(f"data.stats_file {path} does not exist", "run `clsctl eda` on the training data first") from None
+    except (KeyError, TypeError, json.JSONDecodeError):
+        raise DataError(f"data.stats_file {path} has no stats.mean / stats.std", "use the eda.json written by `clsctl eda`") from None
+
+
+def _resize_steps(aug: AugConfig, size: int, train: bool) -> list[Any]:
+    import albumentations as A
+
+    if aug.resize == "random_resized_crop":
+        if train:
+            return [A.RandomResizedCrop(size=(size, size), scale=tuple(aug.scale))]
+        pre = max(size, round(size / aug.crop_pct))
+        return [A.SmallestMaxSize(max_size=pre), A.CenterCrop(size, size)]
+    if aug.resize == "center_crop":
+        pre = max(size, round(size / aug.crop_pct))
+        return [A.SmallestMaxSize(max_size=pre), A.CenterCrop(size, size)]
+    if aug.resize == "letterbox":
+        return [A.LongestMaxSize(max_size=size), A.PadIfNeeded(size, size, border_mode=0, fill=0)]
+    if aug.crop_pct < 1.0:
+        pre = round(size / aug.crop_pct)
+        return [A.Resize(pre, pre), A.CenterCrop(size, size)]
+    return [A.Resize(size, size)]
+
+
+def build_transform(recipe: Recipe, *, train: bool, mean: Sequence[float], std: Sequence[float],
+                    size: int | None = None) -> Any:
+    """The albumentations pipeline for training (``train=True``) or evaluation/prediction."""
+    import albumentations as A
+    from albumentations.pytorch import ToTensorV2
+
+    aug = recipe.aug
+    size = size or recipe.data.image_size
+    steps = list(_resize_steps(aug, size, train))
+    if train:
+        if aug.preset not in PRESETS:
+            import difflib
+
+            close = difflib.get_close_matches(aug.preset, PRESETS, n=1)
+            raise RecipeError(f"aug.preset: no preset `{aug.preset}` (presets: {', '.join(list_presets())})",
+                              f"did you mean `{close[0]}`?" if close else "choose one of the presets")
+        if aug.hflip:
+            steps.append(A.HorizontalFlip(p=0.5))
+        steps += PRESETS[aug.preset]()
+        steps += [transform_from_spec(s, f"aug.transforms[{i}]") for i, s in enumerate(aug.transforms)]
+    steps += [A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0), ToTensorV2()]
+    return A.Compose(steps)
+
+
+def validate_aug(recipe: Recipe) -> None:
+    """Build the train pipeline once so a bad preset or transform fails before any data is read."""
+    build_transform(recipe, train=True, mean=IMAGENET_MEAN, std=IMAGENET_STD)

@@ -1,0 +1,1 @@
+"""Training: the trainer, losses, metrics and callbacks."""

@@ -1,0 +1,112 @@
+"""From a recipe to what the trainer needs: the manifest, targets per head, class lists and folds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from toolkit.config.schema import Recipe
+from toolkit.errors import DataError, RecipeError, UsageError
+
+RESERVED_COLUMNS = ("id", "path", "fold", "label", "pred")
+
+
+@dataclass
+class TrainingData:
+    """The manifest with everything derived from it that training and OOF writing need."""
+
+    df: pd.DataFrame
+    root: Path
+    heads: list[str]  # target columns; one entry for a single-head model
+    classes: dict[str, list[str]]  # class list per head, in index order
+    targets: np.ndarray  # int64 [N, len(heads)]
+    folds: np.ndarray  # int64 [N]; -1 = never held out (always trained on)
+    ids: list[str] = field(default_factory=list)
+
+    @property
+    def multi_head(self) -> bool:
+        return len(self.heads) > 1
+
+    @property
+    def fold_ids(self) -> list[int]:
+        return sorted(int(f) for f in np.unique(self.folds) if f >= 0)
+
+    def class_counts(self, rows: np.ndarray, head: int = 0) -> list[int]:
+        """Members of each class of ``head`` among ``rows``."""
+        n = len(self.classes[self.heads[head]])
+        return np.bincount(self.targets[rows, head], minlength=n).tolist()
+
+
+def _row_ids(df: pd.DataFrame) -> list[str]:
+    if "id" in df.columns and df["id"].is_unique and df["id"].notna().all():
+        return df["id"].astype(str).tolist()
+    return df["path"].astype(str).tolist()
+
+
+def _folds(df: pd.DataFrame, recipe: Recipe, label: str) -> np.ndarray:
+    split = recipe.split
+    if split.fold_column in df.columns:
+        values = pd.to_numeric(df[split.fold_column], errors="coerce")
+        if values.isna().any():
+            bad = df.loc[values.isna(), "path"].head(5).tolist()
+            raise DataError(f"column `{split.fold_column}` has missing or non-integer values (e.g. rows {bad})",
+                            "re-create it with `clsctl split`, or drop the column to let the recipe's [split] decide")
+        return values.astype(np.int64).to_numpy()
+    from toolkit.data.splits import assign_folds
+
+    group = split.group or ("group" if "group" in df.columns else None)
+    folds = assign_folds(df, folds=split.folds, group=group, stratify=split.stratify or label,
+                         holdout=split.holdout, seed=split.seed)
+    return np.asarray(folds, dtype=np.int64)
+
+
+def load_training_data(recipe: Recipe) -> TrainingData:
+    """Read the recipe's data source, derive targets, and assign folds.
+
+    Raises:
+        DataError: missing columns, empty classes, unusable folds.
+    """
+    from toolkit.data.sources import load_manifest
+    from toolkit.data.targets import apply_targets, class_order, encode_labels, target_columns
+
+    if not (recipe.data.root or recipe.data.manifest):
+        raise RecipeError("the recipe names no data: data.root and data.manifest are both unset",
+                          'set data.root = "path/to/images" (or "builtin:digits")')
+    if recipe.data.unlabeled:
+        raise RecipeError("data.unlabeled = true: training needs labels", "point data.root at labeled data")
+    df = load_manifest(recipe.data)
+    root = Path(df.attrs["root"])
+    df = apply_targets(df, recipe.targets)
+    heads = target_columns(recipe.targets)
+    classes = {h: class_order(df, h, recipe.targets) for h in heads}
+    for h, names in classes.items():
+        clash = [c for c in names if c in RESERVED_COLUMNS]
+        if clash and len(heads) == 1:
+            raise DataError(f"class name(s) {clash} clash with the columns of oof.parquet ({', '.join(RESERVED_COLUMNS)})",
+                            "rename the class folders or map the labels with [targets.maps]")
+        if len(names) < 2:
+            raise DataError(f"target `{h}` has {len(names)} class(es): {names}", "classification needs at least two classes")
+    targets = np.stack([encode_labels(df, h, classes[h]) for h in heads], axis=1).astype(np.int64)
+    folds = _folds(df, recipe, heads[0])
+    df = df.reset_index(drop=True)
+    data = TrainingData(df=df, root=root, heads=heads, classes=classes, targets=targets, folds=folds, ids=_row_ids(df))
+    if not data.fold_ids:
+        raise DataError("no fold holds validation rows", "run `clsctl split` or set split.folds / split.holdout")
+    return data
+
+
+def parse_fold_selection(spec: str | None, available: list[int]) -> list[int]:
+    """``all`` → every fold; ``2`` → fold 2; ``0,2`` → folds 0 and 2."""
+    if spec is None or spec.strip().lower() == "all":
+        return list(available)
+    try:
+        chosen = [int(part) for part in spec.split(",") if part.strip()]
+    except ValueError:
+        raise UsageError(f"--folds {spec!r} is not all, a fold number or a comma list", "e.g. --folds all, --folds 0, --folds 0,2") from None
+    missing = [f for f in chosen if f not in available]
+    if missing or not chosen:
+        raise UsageError(f"--folds {spec}: fold(s) {missing or chosen} do not exist", f"the split has folds {available}")
+    return sorted(dict.fromkeys(chosen))
