@@ -139,10 +139,17 @@ def test_round_trip_equal(tmp_path):
     assert again.train.patience is None and again.targets.bins["age_group"].edges == [30.0, 58.0]
 
 
-def test_every_shipped_recipe_loads():
+def test_every_shipped_recipe_loads_and_validates():
+    from toolkit.train.validate import validate_recipe
+
     recipes = sorted((REPO / "recipes").glob("*.toml"))
+    names = {p.stem for p in recipes}
+    assert {"quickstart", "lite0_finetune", "eva_ls", "convnext_ls", "effnet_b0_ce", "mask_multihead"} <= names
     for path in recipes:
-        load_recipe(path)
+        recipe = load_recipe(path)
+        validate_recipe(recipe)
+        header = path.read_text().splitlines()[0]
+        assert header.startswith("# ") and len(header) > 20, f"{path.name} needs a comment header"
 
 
 def test_with_overrides_and_keys_listing():

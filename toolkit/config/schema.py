@@ -120,9 +120,9 @@ class LossComponent:
 @dataclass(frozen=True)
 class LossConfig:
     name: str = _f("ce", "ce, weighted_ce, focal, soft_f1, soft_ce, or `sum` of `components`")
-    label_smoothing: float = _f(0.1, "label smoothing for ce and focal")
+    label_smoothing: float = _f(0.1, "label smoothing of hard targets (ce, weighted_ce, soft_ce, focal)")
     class_weights: Literal["none", "inverse", "sqrt_inverse", "effective"] = _f(
-        "none", "per-class weights from training counts (weighted_ce, focal)")
+        "none", "per-class weights from training counts (ce, weighted_ce, soft_ce, focal; weighted_ce defaults to inverse)")
     effective_beta: float = _f(0.999, "beta of the effective-number weights")
     gamma: float = _f(2.0, "focal loss focusing parameter")
     alpha: float | None = _f(None, "focal loss balance factor")
@@ -141,7 +141,7 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class SchedConfig:
-    name: str = _f("cosine", "timm scheduler: cosine, step, multistep, plateau, onecycle, none")
+    name: str = _f("cosine", "timm scheduler: cosine, tanh, step, multistep, plateau, poly, constant, wsd, none")
     warmup_epochs: int = _f(1, "linear warmup epochs")
     warmup_lr: float = _f(1e-5, "learning rate at the start of warmup")
     min_lr: float = _f(1e-6, "floor of the schedule")
@@ -161,10 +161,12 @@ class TrainConfig:
     grad_clip: float | None = _f(None, "clip gradient norm to this value")
     metric: str = _f("macro_f1", "selection metric for the best checkpoint and early stopping")
     patience: int | None = _f(5, "early stopping after this many epochs without improvement; unset = never")
-    sampler: Literal["random", "balanced", "sqrt"] = _f("random", "training sampler")
+    sampler: Literal["random", "balanced", "sqrt"] = _f(
+        "random", "training sampler: balanced draws each class equally often, sqrt by the square root of its count")
     epoch_samples: int | None = _f(None, "samples per epoch for balanced/sqrt samplers; default the dataset size")
     ema: bool = _f(False, "keep an exponential moving average of the weights")
     ema_decay: float = _f(0.9998, "EMA decay")
+    ema_validate: bool = _f(True, "validate and checkpoint the EMA weights (false: the raw weights)")
     log_with: list[str] = _f(list, "trackers: tensorboard, wandb, mlflow", factory=True)
     log_every: int = _f(50, "steps between plain progress lines when not on a terminal")
 

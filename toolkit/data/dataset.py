@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -42,7 +43,8 @@ class ImageDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         image = self.loader(self.paths[index])
         if self.seed is not None and hasattr(self.transform, "set_random_seed"):
-            mixed = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0]
-            self.transform.set_random_seed(int(mixed))
+            mixed = int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
+            self.transform.set_random_seed(mixed)
+            random.seed(mixed)  # timm's RandAugment policies draw from Python's generator
         tensor = self.transform(image=image)["image"]
         return tensor, torch.as_tensor(self.targets[index]), index

@@ -141,6 +141,32 @@ def resolve_normalization(data: DataConfig, model_cfg: dict[str, Any] | None = N
         raise DataError(f"data.stats_file {path} has no stats.mean / stats.std", "use the eda.json written by `clsctl eda`") from None
 
 
+def _timm_auto_augment(spec: str, size: int, mean: Sequence[float]) -> Any:
+    """timm's RandAugment / AutoAugment / AugMix policy, as one albumentations step on uint8 images."""
+    import albumentations as A
+    import numpy as np
+    from PIL import Image
+    from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
+
+    hparams = {"translate_const": int(size * 0.45), "img_mean": tuple(int(round(255 * m)) for m in mean)}
+    try:
+        if spec.startswith("rand"):
+            policy = rand_augment_transform(spec, hparams)
+        elif spec.startswith("augmix"):
+            policy = augment_and_mix_transform(spec, hparams)
+        else:
+            policy = auto_augment_transform(spec, hparams)
+    except (AssertionError, KeyError, ValueError) as exc:
+        raise RecipeError(f"aug.randaugment: timm cannot parse `{spec}` ({exc})",
+                          'e.g. "rand-m9-mstd0.5-inc1", "original", "augmix-m5-w4-d2"') from None
+
+    def apply(image: Any, **_: Any) -> Any:
+        # timm's policies draw from Python's `random`, which the dataset seeds per sample.
+        return np.asarray(policy(Image.fromarray(image)))
+
+    return A.Lambda(image=apply, name=f"timm:{spec}")
+
+
 def _resize_steps(aug: AugConfig, size: int, train: bool) -> list[Any]:
     import albumentations as A
 
@@ -179,6 +205,8 @@ def build_transform(recipe: Recipe, *, train: bool, mean: Sequence[float], std: 
         if aug.hflip:
             steps.append(A.HorizontalFlip(p=0.5))
         steps += PRESETS[aug.preset]()
+        if aug.randaugment:
+            steps.append(_timm_auto_augment(aug.randaugment, size, mean))
         steps += [transform_from_spec(s, f"aug.transforms[{i}]") for i, s in enumerate(aug.transforms)]
     steps += [A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0), ToTensorV2()]
     return A.Compose(steps)

@@ -30,6 +30,7 @@ import torch
 from toolkit.config.schema import Recipe
 from toolkit.errors import RunError, TrainingError
 from toolkit.train.data import load_training_data, parse_fold_selection
+from toolkit.train.validate import validate_recipe
 
 Hook = Callable[..., None]
 
@@ -84,6 +85,16 @@ def _seed_everything(seed: int, deterministic: bool) -> None:
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
+
+
+def _seed_epoch(seed: int) -> None:
+    """Seed every global generator at an epoch's start, so an epoch does not depend on the ones before
+    it (dropout, MixUp's draws); resumed runs then replay exactly."""
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def _fold_seed(seed: int, fold: int, epoch: int = 0) -> int:
@@ -144,17 +155,11 @@ class Trainer:
         from accelerate import Accelerator
         from accelerate.utils import broadcast_object_list
 
-        from toolkit.data.transforms import validate_aug
         from toolkit.store import RunStore
         from toolkit.store.fingerprint import manifest_fingerprint
 
         recipe = self.recipe
-        validate_aug(recipe)
-        from toolkit.train.losses import create_loss
-        from toolkit.train.metrics import metric_direction
-
-        metric_direction(recipe.train.metric)
-        create_loss(recipe.loss, [1, 1])  # a bad loss name fails before any data is read
+        validate_recipe(recipe)  # a bad name fails before any data is read or any run folder exists
 
         cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
         self.accelerator = accelerator = Accelerator(
@@ -253,9 +258,16 @@ class Trainer:
         common = dict(num_workers=workers, pin_memory=torch.cuda.is_available(),
                       persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
         self.generator = torch.Generator()
-        train_dl = torch.utils.data.DataLoader(train_ds, batch_size=recipe.train.batch_size, shuffle=True,
-                                               drop_last=len(train_ds) > recipe.train.batch_size,
-                                               generator=self.generator, **common)
+        tcfg = recipe.train
+        sampler = None
+        if tcfg.sampler != "random":  # rebalance on the first head (the label of single-head models)
+            from toolkit.data.samplers import class_balanced_sampler
+
+            sampler = class_balanced_sampler(data.targets[train_rows, 0], tcfg.sampler, tcfg.epoch_samples,
+                                             self.generator)
+        drop_last = len(train_ds) > tcfg.batch_size  # no tiny last batch (BatchNorm, MixUp need pairs)
+        train_dl = torch.utils.data.DataLoader(train_ds, batch_size=tcfg.batch_size, shuffle=sampler is None,
+                                               sampler=sampler, drop_last=drop_last, generator=self.generator, **common)
         val_dl = torch.utils.data.DataLoader(val_ds, batch_size=recipe.train.batch_size * 2, shuffle=False, **common)
         return train_rows, val_rows, train_dl, val_dl
 
@@ -278,7 +290,20 @@ class Trainer:
         if recipe.model.channels_last:
             model = model.to(memory_format=torch.channels_last)
         train_rows, val_rows, train_dl, val_dl = self._loaders(k)
-        criteria = [create_loss(recipe.loss, data.class_counts(train_rows, h)) for h in range(len(data.heads))]
+        self.mixup = None
+        loss_cfg = recipe.loss
+        if recipe.aug.mixup_alpha > 0 or recipe.aug.cutmix_alpha > 0:
+            from timm.data import Mixup
+
+            from toolkit.train.losses import soft_target_variant
+
+            # timm's Mixup smooths the targets it mixes; the loss then takes them as they are.
+            self.mixup = Mixup(mixup_alpha=recipe.aug.mixup_alpha, cutmix_alpha=recipe.aug.cutmix_alpha,
+                               prob=recipe.aug.mix_prob, label_smoothing=recipe.loss.label_smoothing,
+                               num_classes=sizes[0])
+            loss_cfg = soft_target_variant(recipe.loss)
+        criteria = [create_loss(loss_cfg, data.class_counts(train_rows, h)) for h in range(len(data.heads))]
+        self.val_criteria = [create_loss(recipe.loss, data.class_counts(train_rows, h)) for h in range(len(data.heads))]
         head_weights = list(recipe.targets.head_weights or [1.0] * len(data.heads))
 
         opt = recipe.optim
@@ -297,6 +322,11 @@ class Trainer:
         if recipe.model.compile:
             model = torch.compile(model)
         criteria = [c.to(accelerator.device) for c in criteria]
+        self.ema = None
+        if tcfg.ema:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(accelerator.unwrap_model(model), decay=tcfg.ema_decay)
         progress = FoldProgress()
         self.scheduler = scheduler
         self.fold_progress = progress
@@ -310,6 +340,10 @@ class Trainer:
             from toolkit.store.atomic import read_json
 
             saved = read_json(state / "progress.json")
+            if self.ema is not None:
+                from safetensors.torch import load_file
+
+                self.ema.module.load_state_dict(load_file(str(state / "ema.safetensors")))
             progress.load_state_dict(saved["progress"])
             if scheduler is not None and saved.get("scheduler") is not None:
                 scheduler.load_state_dict(saved["scheduler"])
@@ -321,7 +355,7 @@ class Trainer:
         meta = self._checkpoint_meta(k)
         for epoch in range(progress.epoch + 1, tcfg.epochs):
             t0 = time.perf_counter()
-            torch.manual_seed(_fold_seed(tcfg.seed, k, epoch + 1))
+            _seed_epoch(_fold_seed(tcfg.seed, k, epoch + 1))
             self.generator.manual_seed(_fold_seed(tcfg.seed, k, epoch + 1000))
             # The prepared loader re-announces its own epoch counter to the dataset on every __iter__;
             # setting it here keeps augmentation streams tied to the real epoch (resume depends on it).
@@ -332,7 +366,8 @@ class Trainer:
             train_loss, seen = self._train_epoch(model, optimizer, scheduler, train_dl, criteria, head_weights,
                                                  progress, k, epoch)
             train_s = time.perf_counter() - t0
-            val = self._validate(model, val_dl, criteria, head_weights)
+            eval_model = self.ema.module if self.ema is not None and tcfg.ema_validate else model
+            val = self._validate(eval_model, val_dl, self.val_criteria, head_weights)
             score = val["metrics"][tcfg.metric] if tcfg.metric in val["metrics"] else val["metrics"]["val_loss"]
             if scheduler is not None:
                 scheduler.step(epoch + 1, score)
@@ -349,7 +384,7 @@ class Trainer:
                     from toolkit.models import save_checkpoint
 
                     meta.update(epoch=epoch, score=float(score), metric=tcfg.metric)
-                    save_checkpoint(accelerator.unwrap_model(model), fold_dir / "model.safetensors", meta)
+                    save_checkpoint(accelerator.unwrap_model(eval_model), fold_dir / "model.safetensors", meta)
                     self._write_fold_oof(fold_dir, k, val_rows, val)
                     from toolkit.store.atomic import atomic_write_json
 
@@ -384,7 +419,8 @@ class Trainer:
             "num_classes": [len(data.classes[h]) for h in data.heads] if data.multi_head else len(data.classes[data.heads[0]]),
             "in_chans": recipe.model.in_chans, "image_size": recipe.data.image_size,
             "mean": list(self.mean), "std": list(self.std), "resize": recipe.aug.resize, "crop_pct": recipe.aug.crop_pct,
-            "weights": "raw", "multi_head": data.multi_head,
+            "weights": "ema" if recipe.train.ema and recipe.train.ema_validate else "raw",
+            "multi_head": data.multi_head,
         }
 
     def _fold_result(self, fold_dir: Path, k: int, progress: FoldProgress) -> dict[str, Any]:
@@ -405,6 +441,11 @@ class Trainer:
         if accelerator.is_main_process:
             from toolkit.store.atomic import atomic_write_json
 
+            if self.ema is not None:
+                from safetensors.torch import save_file
+
+                ema_state = {k: v.detach().cpu().contiguous() for k, v in self.ema.module.state_dict().items()}
+                save_file(ema_state, str(tmp / "ema.safetensors"))
             scheduler = self.scheduler.state_dict() if self.scheduler is not None else None
             atomic_write_json(tmp / "progress.json", {"progress": self.fold_progress.state_dict(), "scheduler": scheduler})
             _swap_dir(tmp, fold_dir / "state")
@@ -413,6 +454,8 @@ class Trainer:
     # ------------------------------------------------------------------ epochs
     def _loss(self, logits: torch.Tensor, targets: torch.Tensor, criteria, weights) -> torch.Tensor:  # noqa: ANN001
         logits = logits.float()
+        if targets.is_floating_point():  # MixUp/CutMix soft targets (single head)
+            return weights[0] * criteria[0](logits, targets)
         if targets.ndim == 1:
             targets = targets[:, None]
         total = logits.new_zeros(())
@@ -434,6 +477,8 @@ class Trainer:
         for step, (images, targets, _) in enumerate(loader):
             if self.recipe.model.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
+            if self.mixup is not None:
+                images, targets = self.mixup(images, targets.reshape(len(targets), -1)[:, 0])
             with accelerator.accumulate(model):
                 loss = self._loss(model(images), targets, criteria, weights)
                 finite = accelerator.gather(torch.isfinite(loss.detach()).reshape(1)).all()
@@ -450,6 +495,8 @@ class Trainer:
                     progress.num_updates += 1
                     if scheduler is not None:
                         scheduler.step_update(progress.num_updates)
+                    if self.ema is not None:
+                        self.ema.update(model, step=progress.num_updates)
             n = images.shape[0]
             total += float(loss.detach()) * n
             count += n
@@ -470,7 +517,8 @@ class Trainer:
         for images, targets, index in loader:
             if self.recipe.model.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            logits = model(images).float()
+            with accelerator.autocast():
+                logits = model(images).float()
             logits, targets, index = accelerator.gather_for_metrics((logits, targets, index))
             logits_all.append(logits.cpu())
             targets_all.append(targets.cpu())
