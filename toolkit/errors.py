@@ -43,7 +43,15 @@ class DataError(ToolkitError):
 class ImageError(DataError):
     """One image file that cannot be decoded. ``path`` names it."""
 
-    def __init__(self, path: str, reason: str) -> None:
+    def __init__(self, path: str, reason: str | None = None) -> None:
+        if reason is None:
+            # Re-raised from a DataLoader worker, torch passes one message that embeds the worker's
+            # traceback; keep only this error's own line so the user still gets one clear line.
+            own = [line for line in str(path).splitlines() if line.startswith(("toolkit.errors.ImageError: ", "ImageError: "))]
+            text = own[-1].split(": ", 1)[1] if own else str(path).strip().splitlines()[-1]
+            super().__init__(text)
+            self.path, self.reason = "", text
+            return
         super().__init__(f"cannot read image {path}: {reason}",
                          "remove or replace the file, or run `clsctl eda` to list every unreadable file")
         self.path = path

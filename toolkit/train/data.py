@@ -90,12 +90,30 @@ def load_training_data(recipe: Recipe) -> TrainingData:
         if len(names) < 2:
             raise DataError(f"target `{h}` has {len(names)} class(es): {names}", "classification needs at least two classes")
     targets = np.stack([encode_labels(df, h, classes[h]) for h in heads], axis=1).astype(np.int64)
+    _check_images(df, root)
     folds = _folds(df, recipe, heads[0])
     df = df.reset_index(drop=True)
     data = TrainingData(df=df, root=root, heads=heads, classes=classes, targets=targets, folds=folds, ids=_row_ids(df))
     if not data.fold_ids:
         raise DataError("no fold holds validation rows", "run `clsctl split` or set split.folds / split.holdout")
     return data
+
+
+def _check_images(df: pd.DataFrame, root: Path) -> None:
+    """List every unreadable image before training starts, instead of failing at the first mid-epoch.
+
+    A header read catches missing, empty and non-image files cheaply; truncated pixel data still
+    surfaces (naming the file) when it is decoded.
+    """
+    from toolkit.data.images import scan_images
+
+    bad = scan_images([str(root / p) for p in df["path"]], full_decode=False)
+    if bad:
+        shown = "; ".join(f"{Path(p).relative_to(root) if Path(p).is_relative_to(root) else p}: {why}"
+                          for p, why in bad[:10])
+        more = f" (and {len(bad) - 10} more)" if len(bad) > 10 else ""
+        raise DataError(f"{len(bad)} unreadable image(s): {shown}{more}",
+                        "remove or replace them (or drop their rows from the manifest); `clsctl eda` lists them all")
 
 
 def parse_fold_selection(spec: str | None, available: list[int]) -> list[int]:
