@@ -129,7 +129,10 @@ def _examples(items: Sequence[Any], limit: int = _SHOWN) -> str:
 
 def _group_codes(values: pd.Series, column: str, notes: list[str]) -> np.ndarray:
     """Integer group ids; each row with a missing group becomes a group of its own."""
-    codes, _ = pd.factorize(values, use_na_sentinel=True)
+    # Sorted codes number groups as np.unique would: folds then equal scikit-learn's own split of the
+    # raw column (StratifiedGroupKFold(k, shuffle=True, random_state=seed)), so numbers quoted
+    # elsewhere for "fold 0" are comparable.
+    codes, _ = pd.factorize(values.astype(str).where(values.notna()), sort=True, use_na_sentinel=True)
     codes = codes.astype(np.int64)
     missing = codes < 0
     n_missing = int(missing.sum())
@@ -147,7 +150,7 @@ def _strata(df: pd.DataFrame, stratify: Sequence[str]) -> tuple[np.ndarray, list
     key = df[stratify[0]] if len(stratify) == 1 else df[list(stratify)].astype(str).agg("_".join, axis=1)
     # A missing label is a stratum of its own rather than an error: the split is still valid,
     # and the label check belongs to whoever trains on it.
-    codes, uniques = pd.factorize(key, use_na_sentinel=False)
+    codes, uniques = pd.factorize(key, sort=True, use_na_sentinel=False)
     names = ["<missing>" if _is_missing(u) else _label_text(u) for u in uniques]
     return codes.astype(np.int64), names
 
