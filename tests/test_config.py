@@ -105,9 +105,11 @@ def test_error_in_parent_names_the_parent_file(tmp_path):
 
 def test_set_overrides_parse_toml_values(tmp_path):
     r = load_recipe(None, ["train.epochs=3", "aug.hflip=false", 'model.name="convnext_tiny"', "optim.lr=3e-4",
-                           "aug.scale=[0.3, 1.0]", "model.name=resnet34", "train.patience=none"])
+                           "aug.scale=[0.3, 1.0]", "model.name=resnet34", "train.patience=none",
+                           "data.root=imgs", "data.root=none"])
     assert r.train.epochs == 3 and r.aug.hflip is False and r.model.name == "resnet34"
     assert r.optim.lr == pytest.approx(3e-4) and r.aug.scale == [0.3, 1.0] and r.train.patience is None
+    assert r.data.root is None
     assert parse_override("model.kwargs.foo={a=1}") == ("model.kwargs.foo", {"a": 1})
 
 

@@ -81,8 +81,9 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     if optional:
         if value is None:
             return None
-        # TOML has no null: the word "none" unsets an optional (non-string) key, e.g. --set train.patience=none.
-        if isinstance(value, str) and value.lower() in _NONE_WORDS and inner is not str:
+        # TOML has no null: the word "none" unsets an optional key, e.g. --set train.patience=none or
+        # --set model.pretrained_file=none.
+        if isinstance(value, str) and value.lower() in _NONE_WORDS:
             return None
         return _coerce(value, inner, key, source)
     origin = typing.get_origin(tp)
