@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from toolkit import __version__
+from toolkit.cli import eda as eda_cmd
 from toolkit.cli import recipe as recipe_cmd
 from toolkit.cli import split as split_cmd
 from toolkit.cli import train as train_cmd
@@ -28,6 +29,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 app.add_typer(recipe_cmd.app, name="recipe")
+app.command("eda")(eda_cmd.eda)
 app.command("split")(split_cmd.split)
 app.command("train")(train_cmd.train)
 

@@ -146,7 +146,11 @@ def _timm_auto_augment(spec: str, size: int, mean: Sequence[float]) -> Any:
     import albumentations as A
     import numpy as np
     from PIL import Image
-    from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
+    from timm.data.auto_augment import (
+        augment_and_mix_transform,
+        auto_augment_transform,
+        rand_augment_transform,
+    )
 
     hparams = {"translate_const": int(size * 0.45), "img_mean": tuple(int(round(255 * m)) for m in mean)}
     try:

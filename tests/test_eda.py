@@ -1,0 +1,218 @@
+"""``clsctl eda`` on small generated folders: counts, stats, grayscale, unreadable files, HTML."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from toolkit.cli.main import run as cli
+from toolkit.data.eda import (
+    OUTLIER_THRESHOLD,
+    STATS_MAX_SIDE,
+    default_out_dir,
+    downscale_for_stats,
+    eda_manifest,
+    run_eda,
+)
+from toolkit.data.images import load_image
+from toolkit.errors import DataError, UsageError
+
+
+def colour_image(seed: int, size: tuple[int, int] = (40, 30)) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    w, h = size
+    y, x = np.mgrid[0:h, 0:w]
+    img = np.stack([255 * x / w, 128 + 60 * np.sin(y / 4 + seed), np.full((h, w), 40 * (seed % 5))], axis=-1)
+    img += rng.normal(0, 12, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    """cat: 6 images (one a grey-looking RGB file, one 600×300 that gets downscaled, one truncated);
+    dog: 3 images (one an exact copy of a cat image, one empty file)."""
+    root = tmp_path / "pets"
+    (root / "cat").mkdir(parents=True)
+    (root / "dog").mkdir()
+    for k in range(3):
+        Image.fromarray(colour_image(k)).save(root / "cat" / f"c{k}.png")
+    grey = np.repeat(colour_image(5)[..., :1], 3, axis=2)
+    Image.fromarray(grey, "RGB").save(root / "cat" / "grey.png")
+    Image.fromarray(colour_image(9, (600, 300))).save(root / "cat" / "big.jpg", quality=90)
+    data = (root / "cat" / "c0.png").read_bytes()
+    (root / "cat" / "truncated.png").write_bytes(data[: len(data) // 2])
+    Image.fromarray(colour_image(11)).save(root / "dog" / "d0.png")
+    shutil.copyfile(root / "cat" / "c1.png", root / "dog" / "copied.png")
+    (root / "dog" / "zero.png").write_bytes(b"")
+    return root
+
+
+def run(folder: Path, tmp_path: Path, **kw) -> dict:
+    return run_eda(eda_manifest(folder), None, tmp_path / "out", workers=1, progress=False, **kw)
+
+
+def test_counts_stats_grayscale_and_unreadable(folder: Path, tmp_path: Path) -> None:
+    r = run(folder, tmp_path)
+    assert r["images"] == {"total": 9, "readable": 7, "unreadable": 2}
+    label = r["targets"]["label"]
+    assert label["counts"] == {"cat": 6, "dog": 3}
+    assert label["imbalance_ratio"] == 2.0 and label["largest"] == "cat" and label["smallest"] == "dog"
+
+    unreadable = {u["path"]: u["reason"] for u in r["unreadable"]}
+    assert set(unreadable) == {"cat/truncated.png", "dog/zero.png"}
+    assert "empty" in unreadable["dog/zero.png"]
+    assert "truncated" in unreadable["cat/truncated.png"] or "corrupt" in unreadable["cat/truncated.png"]
+
+    assert r["grayscale"]["count"] == 1
+    assert r["grayscale"]["per_class"] == {"cat": {"count": 1, "share": 0.2}, "dog": {"count": 0, "share": 0.0}}
+    # Format and mode come from the header, which the truncated PNG still has.
+    assert r["image_modes"] == {"RGB": 8} and r["file_formats"] == {"JPEG": 1, "PNG": 7}
+
+    # Mean/std: the same downscaled pixels, pooled, with numpy.
+    readable = [p for p in sorted(folder.rglob("*.*")) if p.name not in ("truncated.png", "zero.png")]
+    arrays = [np.asarray(downscale_for_stats(load_image(p)), np.float64).reshape(-1, 3) / 255 for p in readable]
+    assert max(a.shape[0] for a in arrays) == 256 * 128  # the 600×300 image was downscaled
+    pixels = np.concatenate(arrays)
+    np.testing.assert_allclose(r["stats"]["mean"], pixels.mean(axis=0), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(r["stats"]["std"], pixels.std(axis=0), atol=1e-6, rtol=0)
+    assert r["stats"]["pixels"] == pixels.shape[0] and r["stats"]["max_side"] == STATS_MAX_SIDE
+    cat = np.concatenate([a for a, p in zip(arrays, readable, strict=True) if p.parent.name == "cat"])
+    np.testing.assert_allclose(r["stats"]["per_class"]["cat"]["mean"], cat.mean(axis=0), atol=1e-6, rtol=0)
+
+    assert r["sizes"]["width"]["max"] == 600 and r["sizes"]["common"] == [[40, 30, 6], [600, 300, 1]]
+
+
+def test_duplicates_and_label_conflicts(folder: Path, tmp_path: Path) -> None:
+    r = run(folder, tmp_path)
+    d = r["duplicates"]
+    assert d["pairs"]["exact"] == 1
+    assert d["label_conflicts"]["count"] == 1
+    item = d["label_conflicts"]["items"][0]
+    assert (item["a"], item["b"], item["kind"]) == ("cat/c1.png", "dog/copied.png", "exact")
+    assert (item["label_a"], item["label_b"]) == ("cat", "dog")
+    pairs = pd.read_parquet(tmp_path / "out" / "duplicates.parquet")
+    assert len(pairs) == sum(d["pairs"].values())
+
+    hashes = pd.read_parquet(tmp_path / "out" / "hashes.parquet")
+    assert list(hashes.columns) == ["path", "sha1", "pixel_hash", "phash", "phash_flip"]
+    assert len(hashes) == 9
+    assert hashes.set_index("path")["pixel_hash"].isna().sum() == 2  # the unreadable ones
+
+
+def test_groups_and_group_conflicts(tmp_path: Path) -> None:
+    root = tmp_path / "g"
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+    for k in range(4):
+        Image.fromarray(colour_image(k)).save(root / "a" / f"p{k // 2}_{k}.png")
+    shutil.copyfile(root / "a" / "p0_0.png", root / "b" / "p9_0.png")
+    df = eda_manifest(root, pattern=r"(?P<label>[ab])/(?P<person>p\d)_\d\.png", group="person")
+    r = run_eda(df, None, tmp_path / "out", workers=1, progress=False)
+    assert r["groups"]["n_groups"] == 3 and r["groups"]["largest"][0] == ["p0", 2]
+    assert r["duplicates"]["group_conflicts"]["count"] == 1
+    assert r["duplicates"]["label_conflicts"]["count"] == 1
+
+
+def test_html_is_self_contained(folder: Path, tmp_path: Path) -> None:
+    r = run(folder, tmp_path)
+    out = tmp_path / "out"
+    html = (out / "eda.html").read_text(encoding="utf-8")
+    refs = re.findall(r'(?:src|href)\s*=\s*"([^"]*)"', html)
+    assert len([x for x in refs if x.endswith(".png")]) >= 6
+    for ref in refs:
+        if ref.startswith("#"):
+            continue
+        assert not re.match(r"^[a-z]+:", ref), ref  # no scheme: no http, no file:, no data:
+        assert (out / ref).is_file(), ref
+    assert "http" not in html.lower()
+    assert "<script" not in html.lower()
+    for name in r["files"]:
+        assert (out / name).is_file(), name
+    assert json.loads((out / "eda.json").read_text(encoding="utf-8"))["stats"]["mean"] == r["stats"]["mean"]
+
+
+def test_thumbnails_first_or_seeded_and_stale_files_removed(folder: Path, tmp_path: Path) -> None:
+    first = run(folder, tmp_path, thumbs=2)
+    assert set(first["thumbnails"]) == {"cat", "dog"}
+    stale = tmp_path / "out" / first["thumbnails"]["cat"]
+    assert stale.is_file()
+    again = run(folder, tmp_path, thumbs=0)
+    assert again["thumbnails"] == {} and not stale.exists()
+
+
+def test_pool_equals_single_process(folder: Path, tmp_path: Path) -> None:
+    one = run_eda(eda_manifest(folder), None, tmp_path / "one", workers=1, progress=False)
+    two = run_eda(eda_manifest(folder), None, tmp_path / "two", workers=2, progress=False)
+    assert one["stats"] == two["stats"] and one["duplicates"]["pairs"] == two["duplicates"]["pairs"]
+    assert pd.read_parquet(tmp_path / "one" / "hashes.parquet").equals(pd.read_parquet(tmp_path / "two" / "hashes.parquet"))
+
+
+def test_outlier_stands_out(tmp_path: Path) -> None:
+    root = tmp_path / "o" / "x"
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for k in range(20):  # dark strokes spread over a white page
+        img = np.full((64, 64), 255, np.uint8)
+        for _ in range(6):
+            r0, c0 = rng.integers(4, 56, 2)
+            img[r0:r0 + 3, 4:60] = 0
+            img[4:60, c0:c0 + 3] = 0
+        Image.fromarray(img).save(root / f"s{k:02d}.png")
+    Image.fromarray(np.full((64, 64), 20, np.uint8)).save(root / "zz_dark.png")
+    r = run_eda(eda_manifest(tmp_path / "o"), None, tmp_path / "out", workers=1, progress=False)
+    top = r["outliers"]["items"][0]
+    assert top["path"] == "x/zz_dark.png" and top["score"] > OUTLIER_THRESHOLD
+    assert r["outliers"]["count"] >= 1
+
+
+def test_unlabeled_folder_and_default_out(tmp_path: Path) -> None:
+    root = tmp_path / "test_images"
+    root.mkdir()
+    for k in range(3):
+        Image.fromarray(colour_image(k)).save(root / f"{k}.png")
+    df = eda_manifest(root)
+    assert "label" not in df.columns
+    r = run_eda(df, None, tmp_path / "out", workers=1, progress=False)
+    assert r["label_column"] is None and r["targets"] == {}
+    assert r["images"]["readable"] == 3 and list(r["thumbnails"]) == ["(all)"]
+    assert default_out_dir(root) == Path("eda") / "test_images"
+
+
+def test_bad_arguments(folder: Path, tmp_path: Path) -> None:
+    with pytest.raises(UsageError):
+        eda_manifest(folder, manifest=tmp_path / "m.csv", pattern="x")
+    with pytest.raises(DataError, match="group column"):
+        eda_manifest(folder, group="nope")
+    with pytest.raises(UsageError, match="thumbs"):
+        run_eda(eda_manifest(folder), None, tmp_path / "out", thumbs=-1, progress=False)
+
+
+def test_cli(folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cli"
+    assert cli(["eda", str(folder), "--out", str(out), "--workers", "1", "--thumbs", "3", "--seed", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "imbalance 2.0" in printed and "2 unreadable" in printed
+    assert (out / "eda.html").is_file() and (out / "hashes.parquet").is_file()
+    assert json.loads((out / "eda.json").read_text(encoding="utf-8"))["settings"]["seed"] == 1
+    assert cli(["eda", str(tmp_path / "missing")]) == 2
+
+
+@pytest.mark.slow
+def test_pacs_sketch(shared_dataset, tmp_path: Path) -> None:
+    root = shared_dataset("pacs-sketch")
+    sketch = root / "sketch" if (root / "sketch").is_dir() else root
+    r = run_eda(eda_manifest(sketch), None, tmp_path / "out", progress=False)
+    assert r["images"] == {"total": 3929, "readable": 3929, "unreadable": 0}
+    assert r["targets"]["label"]["imbalance_ratio"] == pytest.approx(816 / 80, abs=1e-3)
+    assert r["grayscale"]["share"] == 1.0
+    assert r["duplicates"]["pairs"]["exact"] == 0 and r["duplicates"]["pairs"]["pixel"] == 0
+    images = pd.read_parquet(tmp_path / "out" / "images.parquet").set_index("path")
+    # The hand-written word "ERROR" filed as a dog: its ink fills an unusually short band.
+    assert images.loc["dog/n02103406_4068-1.png", "outlier_score"] > OUTLIER_THRESHOLD
