@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from toolkit import __version__
+from toolkit.cli import aug as aug_cmd
 from toolkit.cli import eda as eda_cmd
 from toolkit.cli import recipe as recipe_cmd
 from toolkit.cli import split as split_cmd
@@ -29,6 +30,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 app.add_typer(recipe_cmd.app, name="recipe")
+app.add_typer(aug_cmd.app, name="aug")
 app.command("eda")(eda_cmd.eda)
 app.command("split")(split_cmd.split)
 app.command("train")(train_cmd.train)

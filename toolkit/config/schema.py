@@ -33,13 +33,16 @@ class DataConfig:
     group_column: str | None = _f(None, "column holding a group id (person, photo, patient) copied into `group`")
     extensions: list[str] = _f(lambda: [".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"],
                                "image file suffixes picked up when listing folders", factory=True)
-    image_size: int = _f(224, "side length (px) the model sees")
+    image_size: int = _f(224, "side length (px) the model sees in training")
+    eval_size: int | None = _f(None, "side length (px) for validation and prediction; unset = image_size")
     normalize: Literal["imagenet", "model", "dataset", "none"] = _f(
         "model", "mean/std: `imagenet`, the pretrained `model` config, `dataset` (from eda), or `none`")
     mean: list[float] | None = _f(None, "explicit per-channel mean (overrides `normalize`)")
     std: list[float] | None = _f(None, "explicit per-channel std (overrides `normalize`)")
     stats_file: str | None = _f(None, "eda.json whose mean/std `normalize = \"dataset\"` uses", path=True)
     num_workers: int | None = _f(None, "DataLoader workers; unset = the cores available")
+    cache: bool = _f(True, "decode each image once into an on-disk cache, downscaled to the largest size the recipe needs")
+    cache_dir: str | None = _f(None, "where the decoded cache lives; unset = $CLSCTL_CACHE/decoded (~/.cache/clsctl/decoded)", path=True)
 
 
 @dataclass(frozen=True)

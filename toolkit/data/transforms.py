@@ -143,6 +143,8 @@ def resolve_normalization(data: DataConfig, model_cfg: dict[str, Any] | None = N
 
 def _timm_auto_augment(spec: str, size: int, mean: Sequence[float]) -> Any:
     """timm's RandAugment / AutoAugment / AugMix policy, as one albumentations step on uint8 images."""
+    import re
+
     import albumentations as A
     import numpy as np
     from PIL import Image
@@ -152,6 +154,12 @@ def _timm_auto_augment(spec: str, size: int, mean: Sequence[float]) -> Any:
         rand_augment_transform,
     )
 
+    # timm skips sections it does not know; a typo would then silently train without the intended policy.
+    if spec.startswith("rand"):
+        bad = [part for part in spec.split("-")[1:] if not re.fullmatch(r"(mstd|mmax|inc|m|n|w|p|t)[\d.]+", part)]
+        if bad:
+            raise RecipeError(f"aug.randaugment: `{spec}` has unknown part(s) {bad}",
+                              "parts are m<magnitude>, n<ops>, mstd<std>, mmax<max>, inc<0|1>, w<weights>, p<prob>")
     hparams = {"translate_const": int(size * 0.45), "img_mean": tuple(int(round(255 * m)) for m in mean)}
     try:
         if spec.startswith("rand"):
@@ -191,13 +199,16 @@ def _resize_steps(aug: AugConfig, size: int, train: bool) -> list[Any]:
 
 
 def build_transform(recipe: Recipe, *, train: bool, mean: Sequence[float], std: Sequence[float],
-                    size: int | None = None) -> Any:
-    """The albumentations pipeline for training (``train=True``) or evaluation/prediction."""
+                    size: int | None = None, to_tensor: bool = True) -> Any:
+    """The albumentations pipeline for training (``train=True``) or evaluation/prediction.
+
+    ``to_tensor=False`` stops before normalization and yields uint8 HWC images (for previews).
+    """
     import albumentations as A
     from albumentations.pytorch import ToTensorV2
 
     aug = recipe.aug
-    size = size or recipe.data.image_size
+    size = size or (recipe.data.image_size if train else recipe.data.eval_size or recipe.data.image_size)
     steps = list(_resize_steps(aug, size, train))
     if train:
         if aug.preset not in PRESETS:
@@ -212,7 +223,8 @@ def build_transform(recipe: Recipe, *, train: bool, mean: Sequence[float], std: 
         if aug.randaugment:
             steps.append(_timm_auto_augment(aug.randaugment, size, mean))
         steps += [transform_from_spec(s, f"aug.transforms[{i}]") for i, s in enumerate(aug.transforms)]
-    steps += [A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0), ToTensorV2()]
+    if to_tensor:
+        steps += [A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0), ToTensorV2()]
     return A.Compose(steps)
 
 

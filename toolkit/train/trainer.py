@@ -240,6 +240,7 @@ class Trainer:
         self.call("on_run_end", run=run, results=fold_results)
 
     def _loaders(self, k: int):  # noqa: ANN202
+        from toolkit.data.cache import make_image_loader
         from toolkit.data.dataset import ImageDataset
         from toolkit.data.transforms import build_transform, resolve_normalization
 
@@ -250,10 +251,11 @@ class Trainer:
         val_rows = np.flatnonzero(data.folds == k)
         paths = [str(data.root / p) for p in data.df["path"]]
         seed = _fold_seed(recipe.train.seed, k)
+        loader = make_image_loader(recipe)
         train_ds = ImageDataset([paths[i] for i in train_rows], data.targets[train_rows],
-                                build_transform(recipe, train=True, mean=mean, std=std), seed=seed)
+                                build_transform(recipe, train=True, mean=mean, std=std), seed=seed, loader=loader)
         val_ds = ImageDataset([paths[i] for i in val_rows], data.targets[val_rows],
-                              build_transform(recipe, train=False, mean=mean, std=std))
+                              build_transform(recipe, train=False, mean=mean, std=std), loader=loader)
         workers = _num_workers(recipe.data.num_workers, self.accelerator.num_processes)
         common = dict(num_workers=workers, pin_memory=torch.cuda.is_available(),
                       persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
@@ -418,6 +420,7 @@ class Trainer:
             "classes": data.classes if data.multi_head else data.classes[data.heads[0]],
             "num_classes": [len(data.classes[h]) for h in data.heads] if data.multi_head else len(data.classes[data.heads[0]]),
             "in_chans": recipe.model.in_chans, "image_size": recipe.data.image_size,
+            "eval_size": recipe.data.eval_size or recipe.data.image_size,
             "mean": list(self.mean), "std": list(self.std), "resize": recipe.aug.resize, "crop_pct": recipe.aug.crop_pct,
             "weights": "ema" if recipe.train.ema and recipe.train.ema_validate else "raw",
             "multi_head": data.multi_head,

@@ -1,0 +1,85 @@
+"""The decoded-image cache: hits, misses, invalidation, sizes, and agreement with direct decoding."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from toolkit.config import load_recipe
+from toolkit.data.cache import DecodedImageCache, make_image_loader, needed_short_side
+from toolkit.data.images import load_image_array
+
+
+def _png(path, w, h, value=None, seed=0):
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 255, (h, w, 3), dtype=np.uint8) if value is None else np.full((h, w, 3), value, np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def test_hit_miss_and_invalidation(tmp_path):
+    src = _png(tmp_path / "a.png", 40, 30)
+    cache = DecodedImageCache(tmp_path / "cache", short_side=64)
+    first = cache.load(src)
+    assert (cache.hits, cache.misses) == (0, 1)
+    np.testing.assert_array_equal(first, load_image_array(src))  # smaller than 64: stored as is
+    again = cache.load(src)
+    assert (cache.hits, cache.misses) == (1, 1)
+    np.testing.assert_array_equal(again, first)
+
+    # Replace the file with other pixels (and a later mtime): the old entry must not be served.
+    time.sleep(0.01)
+    _png(src, 40, 30, value=7)
+    os.utime(src, ns=(time.time_ns(), time.time_ns()))
+    changed = cache.load(src)
+    assert cache.misses == 2 and (changed == 7).all()
+
+
+def test_downscales_keeping_aspect_never_upscales(tmp_path):
+    big = _png(tmp_path / "big.png", 400, 200)
+    small = _png(tmp_path / "small.png", 20, 10)
+    cache = DecodedImageCache(tmp_path / "cache", short_side=50)
+    assert cache.load(big).shape == (50, 100, 3)
+    assert cache.load(small).shape == (10, 20, 3)
+
+
+def test_torn_entry_is_rebuilt(tmp_path):
+    src = _png(tmp_path / "a.png", 16, 16)
+    cache = DecodedImageCache(tmp_path / "cache", short_side=32)
+    cache.load(src)
+    entry = cache.entry(src)
+    entry.write_bytes(entry.read_bytes()[:20])  # a crash mid-write of an older, non-atomic writer
+    np.testing.assert_array_equal(cache.load(src), load_image_array(src))
+    assert cache.misses == 2
+
+
+def test_needed_side_follows_the_recipe():
+    assert needed_short_side(load_recipe(None, ["data.image_size=64"])) == 64
+    assert needed_short_side(load_recipe(None, ["data.image_size=64", "data.eval_size=96"])) == 96
+    assert needed_short_side(load_recipe(None, ["data.image_size=224", "aug.resize=\"center_crop\"", "aug.crop_pct=0.875"])) == 256
+    rrc = load_recipe(None, ["data.image_size=100", "aug.resize=\"random_resized_crop\"", "aug.scale=[0.25, 1.0]"])
+    assert needed_short_side(rrc) == 200
+
+
+def test_loader_choice(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLSCTL_CACHE", str(tmp_path / "c"))
+    loader = make_image_loader(load_recipe(None, ["data.image_size=32"]))
+    assert isinstance(loader, DecodedImageCache) and str(loader.root).startswith(str(tmp_path / "c"))
+    assert make_image_loader(load_recipe(None, ["data.cache=false"])) is load_image_array
+
+
+@pytest.mark.parametrize("workers", [2])
+def test_concurrent_writers_agree(tmp_path, workers):
+    from concurrent.futures import ProcessPoolExecutor
+
+    paths = [str(_png(tmp_path / f"{i}.png", 64, 48, seed=i)) for i in range(20)]
+    cache = DecodedImageCache(tmp_path / "cache", short_side=24)
+    with ProcessPoolExecutor(workers) as pool:
+        results = list(pool.map(cache.load, paths * 3))
+    for path, arr in zip(paths * 3, results, strict=True):
+        np.testing.assert_array_equal(arr, cache.decode(path))
+    assert not list((tmp_path / "cache").rglob(".*.tmp"))

@@ -1,0 +1,116 @@
+"""Augmentation from recipes: presets on every image mode, validation errors, sizes, seeding, preview."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from toolkit.config import load_recipe
+from toolkit.data.dataset import ImageDataset
+from toolkit.data.images import load_image_array
+from toolkit.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    build_transform,
+    list_presets,
+    transform_from_spec,
+)
+from toolkit.errors import RecipeError
+
+MODES = ["1", "L", "LA", "P", "RGBA", "CMYK", "I;16", "RGB"]
+
+
+def _image(path, mode):
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 255, (30, 41, 3), dtype=np.uint8))
+    if mode == "I;16":
+        img = Image.fromarray((rng.integers(0, 65535, (30, 41))).astype(np.uint16))
+    elif mode == "P":
+        img = rgb.convert("P")
+    else:
+        img = rgb.convert(mode)
+    suffix = ".tif" if mode in ("CMYK", "I;16") else ".png"
+    img.save(path.with_suffix(suffix))
+    return path.with_suffix(suffix)
+
+
+@pytest.mark.parametrize("preset", list_presets())
+def test_every_preset_runs_on_every_mode(tmp_path, preset):
+    recipe = load_recipe(None, [f'aug.preset="{preset}"', "data.image_size=24", "aug.transforms=[{name=\"CLAHE\", p=1.0}]"])
+    train = build_transform(recipe, train=True, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    evaluate = build_transform(recipe, train=False, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    for mode in MODES:
+        array = load_image_array(_image(tmp_path / f"img_{mode.replace(';', '')}", mode))
+        for tf in (train, evaluate):
+            out = tf(image=array)["image"]
+            assert out.shape == (3, 24, 24) and out.dtype == torch.float32 and torch.isfinite(out).all(), (preset, mode)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"name": "CLAHX"}, "no transform `CLAHX` — did you mean `CLAHE`"),
+        ({"name": "CLAHE", "clip": 2}, "CLAHE has no argument `clip`"),
+        ({"name": "CLAHE", "p": 3}, "CLAHE(p=3) is invalid"),
+        ({"p": 0.5}, "has no `name`"),
+    ],
+)
+def test_transform_validation_names_the_problem(spec, message):
+    with pytest.raises(RecipeError) as exc:
+        transform_from_spec(spec, "aug.transforms[0]")
+    assert message in str(exc.value) and "aug.transforms[0]" in str(exc.value)
+
+
+def test_unknown_preset_and_randaugment_string():
+    with pytest.raises(RecipeError, match="did you mean `light`"):
+        build_transform(load_recipe(None, ['aug.preset="lite"']), train=True, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    with pytest.raises(RecipeError, match="aug.randaugment"):
+        build_transform(load_recipe(None, ['aug.randaugment="rand-zz"']), train=True, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+
+@pytest.mark.parametrize("resize", ["stretch", "center_crop", "letterbox", "random_resized_crop"])
+def test_resize_strategies_and_eval_size(resize):
+    recipe = load_recipe(None, [f'aug.resize="{resize}"', "data.image_size=32", "data.eval_size=40", "aug.crop_pct=0.9"])
+    image = np.random.default_rng(0).integers(0, 255, (60, 90, 3), dtype=np.uint8)
+    assert build_transform(recipe, train=True, mean=IMAGENET_MEAN, std=IMAGENET_STD)(image=image)["image"].shape == (3, 32, 32)
+    assert build_transform(recipe, train=False, mean=IMAGENET_MEAN, std=IMAGENET_STD)(image=image)["image"].shape == (3, 40, 40)
+
+
+def test_letterbox_keeps_aspect_with_padding():
+    recipe = load_recipe(None, ['aug.resize="letterbox"', "data.image_size=40", "data.normalize=\"none\""])
+    image = np.full((20, 40, 3), 255, np.uint8)  # wide white image
+    out = build_transform(recipe, train=False, mean=(0, 0, 0), std=(1, 1, 1), to_tensor=False)(image=image)["image"]
+    assert out.shape == (40, 40, 3)
+    assert (out[20] == 255).all() and (out[0] == 0).all()  # the middle rows hold the image, top/bottom padding
+
+
+def test_dataset_augmentation_is_seeded_by_epoch_and_index(tmp_path):
+    paths = [str(_image(tmp_path / f"{i}", "RGB")) for i in range(3)]
+    recipe = load_recipe(None, ['aug.preset="medium"', "data.image_size=24"])
+
+    def dataset():
+        return ImageDataset(paths, np.arange(3), build_transform(recipe, train=True, mean=IMAGENET_MEAN, std=IMAGENET_STD), seed=5)
+
+    a, b = dataset(), dataset()
+    assert torch.equal(a[1][0], b[1][0])
+    b.set_epoch(1)
+    assert not torch.equal(a[1][0], b[1][0])
+    assert a[2][1].item() == 2 and a[2][2] == 2
+
+
+def test_aug_preview_writes_a_grid(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from imagegen import make_imagefolder
+
+    from toolkit.cli.main import run
+
+    root = make_imagefolder(tmp_path / "imgs", per_class=3)
+    out = tmp_path / "grid.png"
+    assert run(["aug", "preview", str(root), "--set", "data.image_size=32", "--n", "4", "--views", "3", "--out", str(out)]) == 0
+    grid = Image.open(out)
+    assert grid.size == (4 + 4 * 36, 4 + 4 * 50)  # 4 columns (eval + 3 views) × 4 rows of 32-px cells

@@ -1,0 +1,104 @@
+"""A decoded-image cache on disk: decode each source image once, reuse it every epoch, fold and run.
+
+Big source images (400–800 px sketches, phone photos of faces) cost one decode and one downscale
+instead of one per epoch. Entries are ``.npy`` arrays, downscaled (never upscaled, aspect kept) so
+their shorter side is the largest the recipe needs, and keyed by the source file's resolved path,
+size and modification time together with that side: editing or replacing a file invalidates its entry
+without any bookkeeping. Concurrent writers (DataLoader workers, DDP ranks, parallel runs) are safe:
+each entry is written to a temporary file and moved into place.
+
+Training and prediction read images through the same :func:`make_image_loader`, so the pixels a model
+is evaluated on come from exactly the same decode and downscale it was trained on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from toolkit.config.schema import Recipe
+from toolkit.data.images import load_image, load_image_array
+
+
+def default_cache_root() -> Path:
+    """``$CLSCTL_CACHE/decoded`` (default ``~/.cache/clsctl/decoded``)."""
+    base = os.environ.get("CLSCTL_CACHE") or Path.home() / ".cache" / "clsctl"
+    return Path(base) / "decoded"
+
+
+def needed_short_side(recipe: Recipe) -> int:
+    """The largest shorter side any transform of this recipe can use without upscaling cached pixels."""
+    aug, size = recipe.aug, max(recipe.data.image_size, recipe.data.eval_size or 0)
+    side = size / min(aug.crop_pct, 1.0)
+    if aug.resize == "random_resized_crop":
+        # a crop of area fraction s spans about √s of the side before it is resized up to `size`
+        side = max(side, size / math.sqrt(max(min(aug.scale), 0.05)))
+    return int(math.ceil(side))
+
+
+class DecodedImageCache:
+    """Decoded, downscaled images as ``.npy`` files under ``root/<side>/``."""
+
+    def __init__(self, root: str | os.PathLike[str], short_side: int) -> None:
+        self.root = Path(root) / f"s{short_side}"
+        self.short_side = short_side
+        self.hits = 0
+        self.misses = 0
+
+    def entry(self, path: str | os.PathLike[str]) -> Path:
+        """Where the cached array of ``path`` lives; changes whenever the file does."""
+        real = os.path.realpath(path)
+        st = os.stat(real)
+        key = hashlib.blake2b(f"{real}\0{st.st_size}\0{st.st_mtime_ns}".encode(), digest_size=16).hexdigest()
+        return self.root / key[:2] / f"{key}.npy"
+
+    def decode(self, path: str | os.PathLike[str]) -> np.ndarray:
+        """Decode with the one image loader and downscale so the shorter side is ``short_side``."""
+        image = load_image(path)
+        w, h = image.size
+        short = min(w, h)
+        if short > self.short_side:
+            scale = self.short_side / short
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))
+            # PIL's bilinear filter widens its support when shrinking, i.e. it antialiases.
+            from PIL import Image
+
+            image = image.resize(size, Image.Resampling.BILINEAR)
+        return np.asarray(image)
+
+    def load(self, path: str | os.PathLike[str]) -> np.ndarray:
+        """The cached array of ``path``, decoding and storing it on a miss."""
+        entry = self.entry(path)
+        try:
+            array = np.load(entry, allow_pickle=False)
+            self.hits += 1
+            return array
+        except (FileNotFoundError, ValueError, EOFError, OSError):
+            pass  # missing, or torn by a crash: rebuild it
+        array = self.decode(path)
+        self.misses += 1
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as fh:
+                np.save(fh, array, allow_pickle=False)
+            os.replace(tmp, entry)
+        except OSError:
+            # A full or read-only disk must not stop training: the decoded image is still returned.
+            tmp.unlink(missing_ok=True)
+        return array
+
+    __call__ = load
+
+
+def make_image_loader(recipe: Recipe) -> Callable[[str], np.ndarray]:
+    """The function every stage reads images with for this recipe (cached or direct)."""
+    if not recipe.data.cache:
+        return load_image_array
+    root = Path(recipe.data.cache_dir) if recipe.data.cache_dir else default_cache_root()
+    return DecodedImageCache(root, needed_short_side(recipe))

@@ -1,0 +1,67 @@
+"""A picture of what the model will see: a grid of training-augmented samples from a recipe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from toolkit.config.schema import Recipe
+from toolkit.data.cache import make_image_loader
+from toolkit.errors import DataError
+
+
+def aug_preview(recipe: Recipe, manifest, out: str | Path, *, n: int = 16, seed: int = 0,  # noqa: ANN001
+                columns: int | None = None, views: int = 1) -> Path:
+    """Write a PNG grid of ``n`` seeded samples, each through the recipe's train pipeline ``views`` times.
+
+    Args:
+        recipe: the recipe whose ``[aug]`` and ``[data]`` sections build the pipeline.
+        manifest: a manifest DataFrame (``attrs["root"]`` set) to sample from.
+        out: the PNG to write.
+        n: how many source images.
+        seed: sampling and augmentation seed.
+        columns: images per row; default: ``views + 1`` (the eval view first, then train views) when
+            ``views > 1``, else about √n.
+        views: augmented views per source image.
+    """
+    from toolkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
+
+    if len(manifest) == 0:
+        raise DataError("no images to preview", "point DATA at a folder with images")
+    root = Path(manifest.attrs["root"])
+    rng = np.random.default_rng(seed)
+    rows = rng.choice(len(manifest), size=min(n, len(manifest)), replace=False)
+    train_tf = build_transform(recipe, train=True, mean=IMAGENET_MEAN, std=IMAGENET_STD, to_tensor=False)
+    eval_tf = build_transform(recipe, train=False, mean=IMAGENET_MEAN, std=IMAGENET_STD, to_tensor=False)
+    load = make_image_loader(recipe)
+    size = recipe.data.image_size
+    label_col = recipe.targets.label if recipe.targets.label in manifest.columns else None
+    tiles: list[tuple[np.ndarray, str]] = []
+    for i, row in enumerate(rows):
+        path = str(root / manifest["path"].iloc[row])
+        image = load(path)
+        caption = str(manifest[label_col].iloc[row]) if label_col else Path(path).name
+        if views > 1:
+            tiles.append((eval_tf(image=image)["image"], f"{caption} (eval)"))
+        for v in range(views):
+            train_tf.set_random_seed(int(np.random.SeedSequence([seed, i, v]).generate_state(1)[0]))
+            tiles.append((train_tf(image=image)["image"], caption))
+    columns = columns or (views + 1 if views > 1 else max(1, int(np.ceil(np.sqrt(len(tiles))))))
+    pad, text_h = 4, 14
+    cell_w, cell_h = size + pad, size + pad + text_h
+    n_rows = int(np.ceil(len(tiles) / columns))
+    canvas = Image.new("RGB", (columns * cell_w + pad, n_rows * cell_h + pad), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for k, (tile, caption) in enumerate(tiles):
+        x, y = pad + (k % columns) * cell_w, pad + (k // columns) * cell_h
+        canvas.paste(Image.fromarray(tile).resize((size, size)), (x, y))
+        draw.text((x, y + size + 1), caption[: max(4, size // 6)], fill=(0, 0, 0))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    from toolkit.store.atomic import atomic_writer
+
+    with atomic_writer(out) as fh:
+        canvas.save(fh, format="PNG")
+    return out
