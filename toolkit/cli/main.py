@@ -15,6 +15,8 @@ import typer
 from toolkit import __version__
 from toolkit.cli import aug as aug_cmd
 from toolkit.cli import eda as eda_cmd
+from toolkit.cli import ensemble as ensemble_cmd
+from toolkit.cli import predict as predict_cmd
 from toolkit.cli import recipe as recipe_cmd
 from toolkit.cli import split as split_cmd
 from toolkit.cli import train as train_cmd
@@ -34,6 +36,8 @@ app.add_typer(aug_cmd.app, name="aug")
 app.command("eda")(eda_cmd.eda)
 app.command("split")(split_cmd.split)
 app.command("train")(train_cmd.train)
+app.command("predict")(predict_cmd.predict)
+app.command("ensemble")(ensemble_cmd.ensemble)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,184 @@
+"""Choosing ensemble weights on out-of-fold predictions.
+
+* :func:`fit_weights` — coordinate ascent on the metric: start from equal weights; for each member in
+  turn try every value of a fixed grid of relative weights (``WEIGHT_GRID``, 0 to 3) with the others
+  held, keep a change only when it strictly improves the metric (soft voting breaks ties by the lower
+  log loss, so a plateau of equal scores still moves towards better probabilities); repeat until a
+  sweep changes nothing (at most ``sweeps``). Weights are normalized to sum to 1. A grid rather than a
+  gradient method because macro-F1 and accuracy are step functions of the weights.
+* :func:`greedy_select` — Caruana et al. (2004) forward selection with replacement: repeatedly add
+  the member whose addition gives the best metric; the ensemble is the best prefix of that path; a
+  member's weight is how often it was picked.
+* :func:`bagged_greedy` — the same on ``bags`` random halves of the members, selection counts
+  averaged, which keeps one lucky member from taking all the weight.
+* :func:`crossfit_labels` — an honest estimate for either: per fold, choose the weights on the
+  other folds' rows and vote on the fold's rows.
+
+Scores on the rows the weights were chosen on are optimistic; the cross-fitted score is not.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from toolkit.ensemble.voting import combine, member_arrays, normalize_weights
+from toolkit.errors import UsageError
+
+METRICS = ("macro_f1", "accuracy")
+WEIGHT_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+
+
+def fast_score(y: np.ndarray, pred: np.ndarray, n_classes: int, metric: str) -> float:
+    """Macro-F1 over all ``n_classes`` (absent classes count 0, as ``classification_metrics``) or accuracy."""
+    y = np.asarray(y, dtype=np.int64)
+    pred = np.asarray(pred, dtype=np.int64)
+    if metric == "accuracy":
+        return float((y == pred).mean()) if y.size else 0.0
+    if metric != "macro_f1":
+        raise UsageError(f"--metric {metric!r} is not one of {', '.join(METRICS)}", "use macro_f1 or accuracy")
+    cm = np.bincount(y * n_classes + pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+    tp = np.diag(cm).astype(np.float64)
+    denom = cm.sum(axis=0) + cm.sum(axis=1)  # 2tp + fp + fn
+    f1 = np.divide(2 * tp, denom, out=np.zeros(n_classes), where=denom > 0)
+    return float(f1.mean())
+
+
+def _log_loss(scores: np.ndarray, y: np.ndarray) -> float:
+    p = np.clip(scores[np.arange(len(y)), y], 1e-15, 1.0)
+    return float(-np.log(p).mean())
+
+
+class _Objective:
+    """Score weight vectors on fixed rows, reusing the members' voting arrays."""
+
+    def __init__(self, kind: str, members: Sequence[np.ndarray], y: np.ndarray, n_classes: int, metric: str) -> None:
+        self.kind, self.members, self.y, self.n_classes, self.metric = kind, list(members), y, n_classes, metric
+        self.arrays = member_arrays(kind, self.members, n_classes)
+
+    def __call__(self, weights: np.ndarray) -> tuple[float, float]:
+        scores, labels = combine(self.kind, self.members, weights, self.n_classes, arrays=self.arrays)
+        value = fast_score(self.y, labels, self.n_classes, self.metric)
+        tie = -_log_loss(scores, self.y) if self.kind == "soft" else 0.0
+        return value, tie
+
+
+def fit_weights(members: Sequence[np.ndarray], y: np.ndarray, n_classes: int, *, vote: str = "soft",
+                metric: str = "macro_f1", grid: Sequence[float] = WEIGHT_GRID, sweeps: int = 10) -> np.ndarray:
+    """Weights maximizing ``metric`` on these rows by coordinate ascent over ``grid`` (see the module doc)."""
+    objective = _Objective(vote, members, np.asarray(y), n_classes, metric)
+    w = np.ones(len(members))
+    best = objective(w)
+    for _ in range(sweeps):
+        changed = False
+        for m in range(len(members)):
+            for value in grid:
+                if value == w[m]:
+                    continue
+                trial = w.copy()
+                trial[m] = value
+                if trial.sum() <= 0:
+                    continue
+                score = objective(trial)
+                if score[0] > best[0] + 1e-12 or (abs(score[0] - best[0]) <= 1e-12 and score[1] > best[1] + 1e-12):
+                    w, best, changed = trial, score, True
+        if not changed:
+            break
+    return normalize_weights(w, len(members))
+
+
+def greedy_select(members: Sequence[np.ndarray], y: np.ndarray, n_classes: int, *, vote: str = "soft",
+                  metric: str = "macro_f1", steps: int | None = None,
+                  allowed: Sequence[int] | None = None) -> tuple[np.ndarray, list[dict[str, Any]], float]:
+    """Caruana forward selection with replacement.
+
+    Args:
+        members: per member, probabilities ``[N, C]`` (or labels ``[N]`` for hard voting).
+        y: true class indices.
+        n_classes: number of classes.
+        vote: the voting rule the selected ensemble uses.
+        metric: ``macro_f1`` or ``accuracy``.
+        steps: additions to try at most (default ``max(10, 2 × members)``); the search also stops once
+            ``max(3, members)`` additions in a row brought no gain.
+        allowed: indices of the members that may be picked (bagging); default all.
+
+    Returns:
+        ``(counts, path, score)``: how often each member is in the best prefix, every step
+        (``{"step", "member", "score"}``), and the best prefix's score. Ties go to the earlier member.
+    """
+    objective = _Objective(vote, members, np.asarray(y), n_classes, metric)
+    allowed = list(range(len(members))) if allowed is None else list(allowed)
+    steps = steps or max(10, 2 * len(members))
+    counts = np.zeros(len(members))
+    best_counts, best_score = None, -math.inf
+    path: list[dict[str, Any]] = []
+    patience, stale = max(3, len(allowed)), 0
+    for step in range(steps):
+        pick, pick_score = None, (-math.inf, -math.inf)
+        for m in allowed:
+            trial = counts.copy()
+            trial[m] += 1
+            score = objective(trial)
+            if score > pick_score:
+                pick, pick_score = m, score
+        counts[pick] += 1
+        path.append({"step": step + 1, "member": int(pick), "score": float(pick_score[0])})
+        if pick_score[0] > best_score + 1e-12:
+            best_score, best_counts, stale = pick_score[0], counts.copy(), 0
+        else:
+            stale += 1
+            if stale >= patience:
+                break
+    return best_counts, path, float(best_score)
+
+
+def bagged_greedy(members: Sequence[np.ndarray], y: np.ndarray, n_classes: int, *, vote: str = "soft",
+                  metric: str = "macro_f1", bags: int = 1, fraction: float = 0.5, seed: int = 0,
+                  steps: int | None = None) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Greedy selection on ``bags`` random member subsets; weights = the mean of each bag's normalized counts.
+
+    With ``bags == 1`` the whole library is used (plain greedy selection).
+
+    Returns:
+        ``(weights, runs)``: normalized weights and, per bag, ``{"members", "counts", "path", "score"}``.
+    """
+    if bags < 1:
+        raise UsageError(f"--bags {bags} must be 1 or more", "e.g. --bags 20")
+    m = len(members)
+    rng = np.random.default_rng(seed)
+    total = np.zeros(m)
+    runs = []
+    size = m if bags == 1 else min(m, max(2 if m >= 2 else 1, math.ceil(fraction * m)))
+    for _ in range(bags):
+        subset = sorted(range(m)) if size == m else sorted(rng.choice(m, size=size, replace=False).tolist())
+        counts, path, score = greedy_select(members, y, n_classes, vote=vote, metric=metric, steps=steps,
+                                            allowed=subset)
+        total += counts / counts.sum()
+        runs.append({"members": subset, "counts": counts.astype(int).tolist(), "path": path, "score": score})
+    return normalize_weights(total, m), runs
+
+
+def crossfit_labels(choose: Callable[[list[np.ndarray], np.ndarray], np.ndarray], members: Sequence[np.ndarray],
+                    y: np.ndarray, folds: np.ndarray, vote: str, n_classes: int) -> np.ndarray | None:
+    """Labels where each fold's rows are voted with weights chosen on the other folds' rows.
+
+    Returns None when there are fewer than two folds.
+    """
+    folds = np.asarray(folds)
+    ids = [f for f in np.unique(folds) if f >= 0]
+    if len(ids) < 2:
+        return None
+    labels = np.full(len(y), -1, dtype=np.int64)
+    for f in ids:
+        held = folds == f
+        weights = choose([np.asarray(mm)[~held] for mm in members], np.asarray(y)[~held])
+        _, lab = combine(vote, [np.asarray(mm)[held] for mm in members], weights, n_classes)
+        labels[held] = lab
+    rest = labels < 0
+    if rest.any():  # rows outside any fold: weights chosen on everything
+        weights = choose(list(members), np.asarray(y))
+        labels[rest] = combine(vote, [np.asarray(mm)[rest] for mm in members], weights, n_classes)[1]
+    return labels

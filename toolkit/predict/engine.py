@@ -1,0 +1,444 @@
+"""Inference: rebuild a run's fold models and run every TTA view over a set of images.
+
+Each image is decoded once; every pipeline a view needs runs on it in the data loader, and every fold
+model sees every view of the batch. Under ``accelerate launch`` the images are sharded over the
+processes and gathered back with ``gather_for_metrics``; mixed precision comes from Accelerate's
+autocast. On CUDA a batch that runs out of memory is retried in halves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import sys
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from toolkit.config.schema import Recipe
+from toolkit.errors import RunError, ToolkitError, UsageError
+from toolkit.predict.tta import Pipeline, View, apply_op, view_sizes
+
+# Keys of model.json that decide preprocessing; folds that share them share one data pass.
+PREPROCESSING_KEYS = ("image_size", "eval_size", "mean", "std", "resize", "crop_pct", "in_chans")
+
+
+@dataclass
+class FoldModel:
+    """One fold's model (in eval mode) and its ``model.json``."""
+
+    fold: int
+    model: torch.nn.Module
+    meta: dict[str, Any]
+
+
+# --------------------------------------------------------------------------- runs → models
+def run_classes(run) -> tuple[list[str], dict[str, list[str]]]:  # noqa: ANN001 - toolkit.store.Run
+    """The run's heads and class list per head (from summary.json, else classes.json)."""
+    from toolkit.store.atomic import read_json
+
+    for name in ("summary.json", "classes.json"):
+        path = run.file(name)
+        if path.is_file():
+            data = read_json(path)
+            if isinstance(data.get("classes"), dict) and data.get("heads"):
+                return list(data["heads"]), {h: list(c) for h, c in data["classes"].items()}
+    raise RunError(f"run {run.id} records no class list (no summary.json or classes.json)",
+                   "train the run to the end, or pass a train run")
+
+
+def available_folds(run) -> list[int]:  # noqa: ANN001
+    """Folds with a saved best checkpoint."""
+    folds_dir = run.file("folds")
+    if not folds_dir.is_dir():
+        return []
+    found = [int(p.name) for p in folds_dir.iterdir()
+             if p.name.isdigit() and (p / "model.safetensors").is_file()]
+    return sorted(found)
+
+
+def select_folds(run, spec: str | int | None, available: Sequence[int]) -> list[int]:  # noqa: ANN001
+    """``all`` → every fold with a checkpoint; ``best`` → the best fold by the run's selection score; ``K``/``0,2``."""
+    from toolkit.train.data import parse_fold_selection
+
+    if not available:
+        raise RunError(f"run {run.id} has no fold checkpoints (folds/<k>/model.safetensors)",
+                       "predict from a train run whose folds finished (clsctl ensemble combines other runs)")
+    text = "all" if spec is None else str(spec).strip().lower()
+    if text != "best":
+        return parse_fold_selection(text, list(available))
+    from toolkit.train.metrics import is_better
+
+    summary = run.summary
+    metric = summary.get("metric") or "macro_f1"
+    best, best_score = None, None
+    for k in available:
+        score = (summary.get("folds", {}).get(str(k)) or {}).get("best_score")
+        if score is None:
+            continue
+        if best is None or is_better(metric, float(score), best_score):
+            best, best_score = k, float(score)
+    if best is None:
+        raise RunError(f"run {run.id}: summary.json has no fold scores to pick the best fold from",
+                       "pass --folds all or a fold number")
+    return [best]
+
+
+def eval_size(meta: dict[str, Any]) -> int:
+    """The side length a checkpoint was validated at (``data.eval_size``, else its training size)."""
+    return int(meta.get("eval_size") or meta["image_size"])
+
+
+def model_recipe(recipe: Recipe, meta: dict[str, Any]) -> Recipe:
+    """The recipe with the preprocessing a checkpoint recorded (model.json wins over recipe.toml)."""
+    data = dataclasses.replace(recipe.data, image_size=int(meta.get("image_size", recipe.data.image_size)),
+                               eval_size=meta.get("eval_size", recipe.data.eval_size))
+    aug = dataclasses.replace(recipe.aug, resize=meta.get("resize", recipe.aug.resize),
+                              crop_pct=float(meta.get("crop_pct", recipe.aug.crop_pct)))
+    return dataclasses.replace(recipe, data=data, aug=aug)
+
+
+def eval_transform(recipe: Recipe, meta: dict[str, Any], size: int | None = None) -> Any:
+    """The eval pipeline of a checkpoint: ``build_transform(train=False)`` with model.json's mean/std/size."""
+    from toolkit.data.transforms import build_transform
+
+    return build_transform(model_recipe(recipe, meta), train=False, mean=meta["mean"], std=meta["std"], size=size)
+
+
+def image_loader(recipe: Recipe, meta: dict[str, Any]) -> Any:
+    """How the trainer read this checkpoint's pixels: ``make_image_loader`` (the decoded cache, or direct)."""
+    from toolkit.data.cache import make_image_loader
+
+    return make_image_loader(model_recipe(recipe, meta))
+
+
+def train_transform(recipe: Recipe, meta: dict[str, Any]) -> Any:
+    """The recipe's train pipeline with the checkpoint's mean/std/size (for ``trainaug`` views)."""
+    from toolkit.data.transforms import build_transform
+
+    return build_transform(model_recipe(recipe, meta), train=True, mean=meta["mean"], std=meta["std"])
+
+
+def load_fold_model(run, k: int, recipe: Recipe) -> FoldModel:  # noqa: ANN001
+    """Rebuild fold ``k``'s model from the recipe (no pretrained download) and load its safetensors."""
+    from toolkit.models import create_model, load_checkpoint
+
+    state, meta = load_checkpoint(run.file(f"folds/{k}/model.safetensors"))
+    missing = [key for key in ("mean", "std", "image_size") if key not in meta]
+    if missing:
+        raise RunError(f"run {run.id} fold {k}: model.json lacks {', '.join(missing)}",
+                       "the checkpoint was not written by clsctl train; retrain the fold")
+    cfg = dataclasses.replace(recipe.model, pretrained=False, pretrained_file=None)
+    multi = bool(meta.get("multi_head"))
+    model = create_model(cfg, meta["num_classes"], meta["heads"] if multi else None)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise RunError(f"run {run.id} fold {k}: the checkpoint does not fit `{cfg.name}`: {first}",
+                       "recipe.toml and the checkpoint disagree; retrain the fold") from None
+    model.eval()
+    if recipe.model.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return FoldModel(k, model, meta)
+
+
+def preprocessing_key(meta: dict[str, Any]) -> tuple:
+    return tuple(str(meta.get(k)) for k in PREPROCESSING_KEYS)
+
+
+def head_sizes(meta: dict[str, Any]) -> list[int]:
+    n = meta["num_classes"]
+    return [int(x) for x in n] if isinstance(n, list) else [int(n)]
+
+
+def check_input_sizes(model: torch.nn.Module, sizes: Sequence[int], trained: int, in_chans: int,
+                      device: torch.device | str = "cpu", name: str = "the model") -> None:
+    """Raise a clear error when the model cannot take an input size a view needs (fixed-size ViTs)."""
+    for size in sizes:
+        if size == trained:
+            continue
+        try:
+            with torch.inference_mode():
+                model(torch.zeros(1, in_chans, size, size, device=device))
+        except Exception as exc:  # timm raises AssertionError/RuntimeError for a fixed input size
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UsageError(f"{name} takes a fixed input size ({trained} px); a scale view needs {size} px ({text})",
+                             "drop the scale: views (hflip, vflip, fivecrop and trainaug keep the trained size)") from None
+
+
+# --------------------------------------------------------------------------- precision, workers
+def mixed_precision() -> str:
+    """bf16 on GPUs that have it, fp16 on other GPUs, none on the CPU; ``accelerate launch`` settings win."""
+    env = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    if env:
+        return env
+    if torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true"):
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"
+
+
+def make_accelerator():  # noqa: ANN201 - accelerate.Accelerator
+    """An Accelerator for inference (device, process group, autocast)."""
+    from accelerate import Accelerator
+
+    cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
+    return Accelerator(mixed_precision=mixed_precision(), cpu=cpu)
+
+
+def default_workers(requested: int | None, num_processes: int, device_type: str = "cpu") -> int:
+    """Data-loader workers: as asked, else what leaves the model its cores.
+
+    On a GPU the forward pass frees the CPU, so decoding gets every core but one. On the CPU the
+    model's intra-op threads already use every core; a decoding process would stall them (their
+    parallel regions wait for the slowest thread), so small machines decode in the main process.
+    """
+    if requested is not None:
+        return max(0, int(requested))
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    per_process = max(1, cores // max(1, num_processes))
+    if device_type == "cpu":
+        return 0 if per_process <= 4 else max(1, per_process // 8)
+    return max(0, per_process - 1)
+
+
+# --------------------------------------------------------------------------- data
+class ViewDataset(torch.utils.data.Dataset):
+    """Decode each image once and run every pipeline on it; items are ``({key: tensor}, index)``.
+
+    ``trainaug`` pipelines produce ``[passes, C, H, W]``, each pass seeded from (seed, pass, the
+    image's path), so the same image gets the same augmented copies in every run and every process.
+    """
+
+    def __init__(self, paths: Sequence[str], pipelines: Sequence[tuple[Pipeline, Any]], seed: int = 0,
+                 loader: Any = None) -> None:
+        self.paths = list(paths)
+        self.pipelines = list(pipelines)
+        self.seed = int(seed)
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[dict[str, torch.Tensor], int]:
+        from toolkit.data.images import load_image_array
+
+        image = (self.loader or load_image_array)(self.paths[index])
+        out: dict[str, torch.Tensor] = {}
+        for pipe, transform in self.pipelines:
+            if pipe.kind != "train":
+                out[pipe.key] = transform(image=image)["image"]
+                continue
+            tag = zlib.crc32(os.path.basename(self.paths[index]).encode())
+            copies = []
+            for p in range(pipe.passes):
+                seed = int(np.random.SeedSequence([self.seed, p, tag]).generate_state(1)[0])
+                transform.set_random_seed(seed)
+                random.seed(seed)  # timm's RandAugment draws from Python's generator
+                copies.append(transform(image=image)["image"])
+            out[pipe.key] = torch.stack(copies)
+        return out, index
+
+
+def pipelines_for(views: Sequence[View], recipe: Recipe, meta: dict[str, Any]) -> list[tuple[Pipeline, Any]]:
+    """The distinct decode-side pipelines the views need, built from the checkpoint's preprocessing."""
+    seen: dict[str, tuple[Pipeline, Any]] = {}
+    for view in views:
+        pipe = view.pipeline
+        if pipe.key in seen:
+            continue
+        if pipe.kind == "train":
+            seen[pipe.key] = (pipe, train_transform(recipe, meta))
+        else:
+            seen[pipe.key] = (pipe, eval_transform(recipe, meta, size=pipe.size))
+    return list(seen.values())
+
+
+# --------------------------------------------------------------------------- combining
+def softmax_heads(logits: np.ndarray | torch.Tensor, sizes: Sequence[int]) -> list:
+    """Softmax of each head's slice of concatenated logits (last axis)."""
+    parts, start = [], 0
+    for n in sizes:
+        piece = logits[..., start:start + n]
+        if isinstance(piece, torch.Tensor):
+            parts.append(torch.softmax(piece.float(), dim=-1))
+        else:
+            shifted = piece - piece.max(axis=-1, keepdims=True)
+            e = np.exp(shifted)
+            parts.append(e / e.sum(axis=-1, keepdims=True))
+        start += n
+    return parts
+
+
+def combine_views(logits: np.ndarray, sizes: Sequence[int], combine: str, axes: tuple[int, ...]) -> list[np.ndarray]:
+    """Average over ``axes`` (folds, views): of probabilities (``mean_prob``) or of logits (``mean_logit``).
+
+    Returns:
+        One probability array per head.
+    """
+    if combine == "mean_logit":
+        return softmax_heads(logits.mean(axis=axes), sizes)
+    if combine != "mean_prob":
+        raise UsageError(f"--combine {combine!r} is not mean_prob or mean_logit", "use --combine mean_prob or mean_logit")
+    return [p.mean(axis=axes) for p in softmax_heads(logits, sizes)]
+
+
+def _merge_passes(outs: torch.Tensor, sizes: Sequence[int], combine: str) -> torch.Tensor:
+    """[passes, B, C] → [B, C]: a multi-pass view as one view (log of mean probability, or mean logit)."""
+    if outs.shape[0] == 1:
+        return outs[0]
+    if combine == "mean_logit":
+        return outs.mean(dim=0)
+    probs = [p.mean(dim=0) for p in softmax_heads(outs, sizes)]
+    # log p is a logit whose softmax is p again, so later steps treat every view alike.
+    return torch.cat([torch.log(p.clamp_min(1e-12)) for p in probs], dim=-1)
+
+
+# --------------------------------------------------------------------------- the loop
+class _Bar:
+    """A rich progress bar on a terminal (main process only); silent otherwise."""
+
+    def __init__(self, enabled: bool | None, main: bool, title: str, total: int) -> None:
+        self.bar = None
+        show = sys.stdout.isatty() if enabled is None else enabled
+        if main and show and total > 0:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeRemainingColumn(), transient=True)
+            self.task = self.bar.add_task(title, total=total)
+            self.bar.start()
+
+    def advance(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, advance=n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+class Inference:
+    """Runs fold models × views over images; see :meth:`run`."""
+
+    def __init__(self, accelerator=None, *, batch_size: int = 64, workers: int | None = None,  # noqa: ANN001
+                 progress: bool | None = None, channels_last: bool = False) -> None:
+        self.accelerator = accelerator if accelerator is not None else make_accelerator()
+        self.batch_size = max(1, int(batch_size))
+        self.chunk = self.batch_size
+        self.workers = default_workers(workers, self.accelerator.num_processes, self.accelerator.device.type)
+        self.progress = progress
+        self.channels_last = channels_last
+        self.images_seen = 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    def _forward(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """model(x) in chunks of at most ``self.chunk`` rows; on CUDA out-of-memory the chunk halves."""
+        outs, i = [], 0
+        while i < len(x):
+            part = x[i:i + self.chunk]
+            if self.channels_last:
+                part = part.contiguous(memory_format=torch.channels_last)
+            try:
+                with self.accelerator.autocast():
+                    y = model(part)
+            except torch.cuda.OutOfMemoryError:
+                if self.chunk <= 1:
+                    raise ToolkitError("out of GPU memory with a batch of one image",
+                                       "use a smaller model or image size, or free the GPU") from None
+                self.chunk = max(1, self.chunk // 2)
+                torch.cuda.empty_cache()
+                self.accelerator.print(f"out of GPU memory: retrying with {self.chunk} images per forward pass")
+                continue
+            outs.append(y.float())
+            i += len(part)
+        return torch.cat(outs)
+
+    def _view_logits(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], view: View, size: int,
+                     sizes: Sequence[int], combine: str) -> torch.Tensor:
+        x = batch[view.pipeline.key]
+        if view.pipeline.kind == "train":
+            n, b = x.shape[1], x.shape[0]
+            flat = x.transpose(0, 1).reshape(n * b, *x.shape[2:])
+        else:
+            b = x.shape[0]
+            passes = [apply_op(op, x, size) for op in view.ops]
+            n = len(passes)
+            flat = passes[0] if n == 1 else torch.cat(passes)
+        out = self._forward(model, flat)
+        return _merge_passes(out.reshape(n, b, -1), sizes, combine)
+
+    @torch.inference_mode()
+    def run(self, models: Sequence[FoldModel], views: Sequence[View], paths: Sequence[str], recipe: Recipe,
+            combine: str = "mean_prob", title: str = "predict") -> np.ndarray:
+        """Logits of every fold model and view for every image.
+
+        Args:
+            models: fold models sharing one preprocessing (same model.json keys).
+            views: the TTA views (identity first).
+            paths: absolute image paths.
+            recipe: the run's recipe (train transform for ``trainaug``).
+            combine: how a multi-pass view merges its passes.
+            title: progress bar text.
+
+        Returns:
+            ``float32 [folds, views, N, C]`` logits, where C is the sum of the head sizes. Multi-pass views
+            under ``mean_prob`` hold log-probabilities (their softmax is the passes' mean probability).
+            Every process gets the full array.
+        """
+        if not models:
+            raise UsageError("no fold models to predict with", "pass --folds all or a fold number")
+        keys = {preprocessing_key(m.meta) for m in models}
+        if len(keys) > 1:
+            raise RunError("the selected folds were trained with different preprocessing",
+                           "predict them separately with --folds K")
+        meta = models[0].meta
+        size, trained = eval_size(meta), int(meta["image_size"])
+        sizes = head_sizes(meta)
+        accelerator = self.accelerator
+        for m in models:
+            m.model.to(self.device)
+        check_input_sizes(models[0].model, view_sizes(views, size, trained), trained, int(meta.get("in_chans", 3)),
+                          self.device, f"`{meta.get('arch', 'the model')}`")
+        # The same loader as training (the decoded cache downscales big images first), so that the
+        # identity view sees exactly the validation pixels.
+        dataset = ViewDataset(paths, pipelines_for(views, recipe, meta), seed=recipe.train.seed,
+                              loader=image_loader(recipe, meta))
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.workers,
+            pin_memory=self.device.type == "cuda", prefetch_factor=4 if self.workers > 0 else None)
+        loader = accelerator.prepare_data_loader(loader)
+        n_total = sum(sizes)
+        out = np.zeros((len(models), len(views), len(paths), n_total), dtype=np.float32)
+        filled = np.zeros(len(paths), dtype=bool)
+        bar = _Bar(self.progress, accelerator.is_main_process, title, len(paths))
+        try:
+            for batch, index in loader:
+                per_fold = []
+                for m in models:
+                    per_fold.append(torch.stack([self._view_logits(m.model, batch, v, size, sizes, combine)
+                                                 for v in views], dim=1))  # [B, V, C]
+                stacked = torch.stack(per_fold, dim=1)  # [B, F, V, C]
+                stacked, index = accelerator.gather_for_metrics((stacked.contiguous(), index))
+                rows = index.cpu().numpy()
+                out[:, :, rows, :] = stacked.cpu().numpy().transpose(1, 2, 0, 3)
+                filled[rows] = True
+                bar.advance(len(rows))
+                self.images_seen += len(rows)
+        finally:
+            bar.close()
+        if not filled.all():  # a sharding bug would otherwise leave silent zeros
+            raise ToolkitError(f"{int((~filled).sum())} image(s) got no prediction", "report this with CLSCTL_DEBUG=1")
+        return out
+

@@ -1,0 +1,377 @@
+"""``clsctl predict``: a run's fold models × TTA views over new images → probabilities and a submission.
+
+Written into the run folder (main process only, atomically)::
+
+    predictions/<name>.parquet    id, path, one float32 probability column per class (run's class order)
+    predictions/<name>.csv        the submission (id,label, or the sample submission's layout)
+    predictions/<name>.json       what was predicted how: data, folds, views, combine, scores, timing
+    predictions/<name>.tta.json   with --tta auto: every policy's out-of-fold score and per-class gain
+
+Preprocessing is never re-typed: each fold's eval transform is ``build_transform(train=False)`` of the
+run's recipe with the mean/std/size its ``model.json`` recorded.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from toolkit.errors import DataError, RunError, UsageError
+from toolkit.predict.engine import (
+    FoldModel,
+    Inference,
+    available_folds,
+    combine_views,
+    eval_size,
+    head_sizes,
+    load_fold_model,
+    run_classes,
+    select_folds,
+)
+from toolkit.predict.inputs import PredictionInput, read_input
+from toolkit.predict.tta import AUTO_POLICIES, build_views, parse_tta, spec_slug
+
+COMBINES = ("mean_prob", "mean_logit")
+
+
+@dataclass
+class PredictResult:
+    """What :func:`predict` produced.
+
+    Attributes:
+        run: the run predicted with.
+        name: the prediction set's name (``predictions/<name>.*``).
+        ids, paths: one per image, in output order.
+        classes: class list per head; ``probs``: probabilities per head ``[N, C]``.
+        folds, views, combine: how it was predicted.
+        scores: metrics when the data had labels (single head: ``classification_metrics``;
+            multi-head: ``multihead_metrics`` with the combined label).
+        files: written files by kind (``parquet``, ``csv``, ``json``, ``tta``).
+        seconds, img_s: time of the inference loop (decode + transforms + forward), images per second.
+        tta_auto: the ``--tta auto`` comparison, when asked for.
+        main: False on the non-main processes of a multi-process launch (they write nothing).
+    """
+
+    run: Any
+    name: str
+    ids: list[str]
+    paths: list[str]
+    classes: dict[str, list[str]]
+    probs: dict[str, np.ndarray]
+    folds: list[int]
+    views: list[str]
+    combine: str
+    scores: dict[str, Any] | None = None
+    files: dict[str, Path] = field(default_factory=dict)
+    seconds: float = 0.0
+    img_s: float = 0.0
+    tta_auto: dict[str, Any] | None = None
+    source: str = ""
+    main: bool = True
+
+    @property
+    def n(self) -> int:
+        return len(self.ids)
+
+
+def _open_run(run, runs_root):  # noqa: ANN001, ANN202
+    from toolkit.store import Run, RunStore
+
+    run = run if isinstance(run, Run) else RunStore(runs_root).open(run)
+    if run.kind != "train":
+        raise RunError(f"run {run.id} is a `{run.kind}` run, which has no models",
+                       "predict with a train run; `clsctl ensemble` combines prediction sets")
+    return run
+
+
+def _load_recipe(run):  # noqa: ANN001, ANN202
+    from toolkit.config import load_recipe
+
+    path = run.file("recipe.toml")
+    if not path.is_file():
+        raise RunError(f"run {run.id} has no recipe.toml", "its preprocessing is unknown; retrain it")
+    return load_recipe(path)
+
+
+def _combined_classes(recipe, heads: list[str], classes: dict[str, list[str]]) -> tuple[list[str], list[str]]:  # noqa: ANN001
+    """Heads in combine order (most significant first) and the combined class names.
+
+    A ``[targets.combine]`` spec over exactly the heads (the recipe's label) gives the order and the
+    separator, so class names and indices are the competition's (``((mask·2)+gender)·3+age``); otherwise
+    the heads combine in head order with ``_``, as the trainer's combined metrics do.
+    """
+    import itertools
+
+    spec = recipe.targets.combine.get(recipe.targets.label)
+    order, separator = list(heads), "_"
+    if spec is not None and sorted(spec.columns) == sorted(heads):
+        order, separator = list(spec.columns), spec.separator
+    names = [separator.join(parts) for parts in itertools.product(*(classes[h] for h in order))]
+    return order, names
+
+
+def _combined_probs(probs: Sequence[np.ndarray]) -> np.ndarray:
+    out = np.asarray(probs[0], dtype=np.float64)
+    for p in probs[1:]:
+        out = (out[:, :, None] * np.asarray(p, dtype=np.float64)[:, None, :]).reshape(out.shape[0], -1)
+    return out
+
+
+def score_predictions(targets: dict[str, np.ndarray], probs: dict[str, np.ndarray],
+                      classes: dict[str, list[str]], heads: list[str]) -> dict[str, Any]:
+    """Metrics of predictions against known labels (the combined label drives multi-head runs)."""
+    from toolkit.train.metrics import classification_metrics, multihead_metrics
+
+    if len(heads) == 1:
+        h = heads[0]
+        return classification_metrics(targets[h], probs[h], classes[h])
+    out = multihead_metrics({h: targets[h] for h in heads}, {h: probs[h] for h in heads},
+                            {h: classes[h] for h in heads}, combine=heads)
+    return {**out["combined"], "heads": out["heads"]}
+
+
+def _metric_name(run, recipe) -> str:  # noqa: ANN001
+    metric = run.summary.get("metric") or recipe.train.metric
+    # val_loss needs the training criterion; log loss is its criterion-free stand-in.
+    return "log_loss" if metric == "val_loss" else metric
+
+
+def _policy_recall(scores: dict[str, Any], heads: list[str]) -> dict[str, float]:
+    if len(heads) == 1:
+        return dict(scores["per_class_recall"])
+    return {f"{h}:{c}": v for h in heads for c, v in scores["heads"][h]["per_class_recall"].items()}
+
+
+def choose_tta(run, recipe, models: Sequence[FoldModel], engine: Inference, heads: list[str],  # noqa: ANN001
+               classes: dict[str, list[str]], combine: str = "mean_prob",
+               policies: Sequence[tuple[str, Sequence[str]]] = AUTO_POLICIES) -> dict[str, Any]:
+    """Score TTA policies on the run's out-of-fold rows and pick the best.
+
+    Each fold model predicts only the rows it was validated on (never rows it trained on), with every
+    view any policy uses; each policy's out-of-fold predictions are then scored with the run's
+    selection metric. The first policy is the baseline (``none``); ties go to the earlier (cheaper)
+    policy, so the baseline wins unless a policy is strictly better.
+
+    Returns:
+        ``{"metric", "direction", "rows", "folds", "policies": [{"name", "views", "score", "per_class_recall"}],
+        "skipped": {name: reason}, "chosen", "chosen_views", "gain_per_class", "gain"}``.
+    """
+    from toolkit.predict.engine import check_input_sizes
+    from toolkit.predict.tta import view_sizes
+    from toolkit.train.data import load_training_data
+    from toolkit.train.metrics import is_better, metric_direction
+
+    metric = _metric_name(run, recipe)
+    direction = metric_direction(metric)
+    data = load_training_data(recipe)
+    folds = _run_folds(run, data)
+    all_views: list[str] = ["identity"]
+    for _, extra in policies:
+        for v in parse_tta(list(extra))[1:]:
+            if v not in all_views:
+                all_views.append(v)
+    size, trained = eval_size(models[0].meta), int(models[0].meta["image_size"])
+    usable = list(all_views)
+    skipped: dict[str, str] = {}
+    for v in all_views:  # fixed-size models (ViTs) cannot take the scale views: leave those policies out
+        if not v.startswith("scale:"):
+            continue
+        try:
+            check_input_sizes(models[0].model.to(engine.device), view_sizes(build_views([v], size), size, trained),
+                              trained, int(models[0].meta.get("in_chans", 3)), engine.device)
+        except UsageError as exc:
+            usable.remove(v)
+            skipped[v] = exc.message
+    views = build_views(usable, size)
+    rows_all, logits_all = [], []
+    for m in models:
+        rows = np.flatnonzero(folds == m.fold)
+        if rows.size == 0:
+            continue
+        paths = [str(data.root / p) for p in data.df["path"].to_numpy()[rows]]
+        logits = engine.run([m], views, paths, recipe, combine, title=f"tta auto: fold {m.fold}")
+        rows_all.append(rows)
+        logits_all.append(logits[0])  # [V, n_k, C]
+    if not rows_all:
+        raise DataError(f"run {run.id}: the selected folds hold no out-of-fold rows", "pass --folds all")
+    rows = np.concatenate(rows_all)
+    logits = np.concatenate(logits_all, axis=1)
+    sizes = head_sizes(models[0].meta)
+    targets = {h: data.targets[rows, i] for i, h in enumerate(data.heads)}
+    results = []
+    for name, extra in policies:
+        names = parse_tta(list(extra))
+        if any(v not in usable for v in names):
+            skipped.setdefault(name, "; ".join(skipped.get(v, "") for v in names if v not in usable))
+            continue
+        idx = [usable.index(v) for v in names]
+        probs = dict(zip(heads, combine_views(logits[idx], sizes, combine, axes=(0,)), strict=True))
+        scores = score_predictions(targets, probs, classes, heads)
+        results.append({"name": name, "views": names, "score": float(scores[metric]),
+                        "per_class_recall": _policy_recall(scores, heads)})
+    best = results[0]
+    for r in results[1:]:
+        if is_better(metric, r["score"], best["score"]):
+            best = r
+    none = results[0]
+    gain = {c: best["per_class_recall"][c] - none["per_class_recall"][c] for c in none["per_class_recall"]}
+    return {"metric": metric, "direction": direction, "rows": int(rows.size), "folds": [m.fold for m in models],
+            "combine": combine, "policies": results, "skipped": skipped, "chosen": best["name"],
+            "chosen_views": best["views"], "gain": best["score"] - none["score"], "gain_per_class": gain}
+
+
+def _run_folds(run, data) -> np.ndarray:  # noqa: ANN001
+    """Fold of each training row, as the run recorded it in manifest.csv (matched by path)."""
+    import pandas as pd
+
+    path = run.file("manifest.csv")
+    if not path.is_file():
+        return data.folds
+    manifest = pd.read_csv(path, dtype={"path": str}, usecols=lambda c: c in ("path", "fold"))
+    if "fold" not in manifest.columns:
+        return data.folds
+    recorded = dict(zip(manifest["path"].astype(str), manifest["fold"].astype(int), strict=True))
+    paths = data.df["path"].astype(str).tolist()
+    missing = [p for p in paths if p not in recorded]
+    if missing or len(recorded) != len(paths):
+        from toolkit.predict.inputs import examples
+
+        raise DataError(f"run {run.id}: the recipe's data no longer matches the run's manifest.csv "
+                        f"({len(missing)} image(s) not in it: {examples(missing)}; {len(recorded)} rows recorded, "
+                        f"{len(paths)} found)",
+                        "--tta auto needs the training images the run was trained on, unchanged")
+    return np.array([recorded[p] for p in paths], dtype=np.int64)
+
+
+def default_name(data_name: str, views: Sequence[str], folds: Sequence[int], all_folds: Sequence[int],
+                 auto: bool = False) -> str:
+    """``<data>`` + ``-<views>`` + ``-fold<k>`` (when not every fold): e.g. ``test-hflip_scale1.15``."""
+    from toolkit.store import slugify
+
+    parts = [data_name or "predictions"]
+    tta = "auto" if auto else spec_slug(views)
+    if tta:
+        parts.append(tta)
+    if list(folds) != list(all_folds):
+        parts.append("fold" + "_".join(str(f) for f in folds))
+    return slugify("-".join(parts)) or "predictions"
+
+
+def predict(run, data: str | Path, *, tta: str | Sequence[str] | None = None, folds: str | int | None = "all",  # noqa: ANN001, C901
+            name: str | None = None, sample_submission: str | Path | None = None, combine: str | None = None,
+            batch_size: int | None = None, runs_root: str | Path | None = None, root: str | Path | None = None,
+            workers: int | None = None, progress: bool | None = None, accelerator=None,  # noqa: ANN001
+            write: bool = True) -> PredictResult:
+    """Predict ``data`` with a run's fold models and TTA views; write the prediction set into the run.
+
+    Args:
+        run: a run folder, id, name suffix or :class:`~toolkit.store.Run`.
+        data: a folder (unlabeled or ImageFolder) or a CSV/Parquet manifest with a path column.
+        tta: a view spec (``"hflip,scale:1.15"``), ``"auto"``, or None for the recipe's ``[tta] views``.
+        folds: ``all``, ``best``, a fold number or a list like ``0,2``.
+        name: the prediction set's name; default from the data's name, the views and the folds.
+        sample_submission: a CSV whose ids, order and columns the submission copies.
+        combine: ``mean_prob`` or ``mean_logit``; None for the recipe's ``[tta] combine``.
+        batch_size: images per batch; default twice the training batch (halved on CUDA out-of-memory).
+        runs_root: where run ids are looked up.
+        root: folder a manifest's paths are relative to (default: the manifest's folder).
+        workers: data-loader workers (default: the cores left after one for the model).
+        progress: show a progress bar (default: on a terminal).
+        accelerator: an ``accelerate.Accelerator`` to use (one is made otherwise).
+        write: write the files (False: only return the result).
+
+    Raises:
+        RunError: not a train run, no checkpoints. UsageError: bad views/folds/combine.
+        DataError: bad data, sample submission mismatches.
+    """
+    run = _open_run(run, runs_root)
+    recipe = _load_recipe(run)
+    heads, classes = run_classes(run)
+    combine = combine or recipe.tta.combine
+    if combine not in COMBINES:
+        raise UsageError(f"--combine {combine!r} is not one of {', '.join(COMBINES)}", "use mean_prob or mean_logit")
+    auto = isinstance(tta, str) and tta.strip().lower() == "auto"
+    view_names = parse_tta(recipe.tta.views if tta is None else ([] if auto else tta))
+    available = available_folds(run)
+    selected = select_folds(run, folds, available)
+    inputs: PredictionInput = read_input(data, recipe, heads, classes, root=root)
+    sample = None
+    if sample_submission is not None:
+        from toolkit.predict.submission import read_sample
+
+        sample = read_sample(sample_submission)
+
+    engine = Inference(accelerator, batch_size=batch_size or recipe.train.batch_size * 2, workers=workers,
+                       progress=progress, channels_last=recipe.model.channels_last)
+    models = [load_fold_model(run, k, recipe) for k in selected]
+    size = eval_size(models[0].meta)
+    auto_report = None
+    if auto:
+        auto_report = choose_tta(run, recipe, models, engine, heads, classes, combine)
+        view_names = list(auto_report["chosen_views"])
+    views = build_views(view_names, size)
+    t0 = time.perf_counter()
+    logits = engine.run(models, views, inputs.paths, recipe, combine)
+    seconds = time.perf_counter() - t0
+    sizes = head_sizes(models[0].meta)
+    probs = dict(zip(heads, combine_views(logits, sizes, combine, axes=(0, 1)), strict=True))
+    result = PredictResult(
+        run=run, name=name or default_name(inputs.name, view_names, selected, available, auto),
+        ids=inputs.df["id"].astype(str).tolist(), paths=inputs.df["path"].astype(str).tolist(), classes=classes,
+        probs=probs, folds=selected, views=view_names, combine=combine, seconds=seconds,
+        img_s=len(inputs.paths) / max(seconds, 1e-9), tta_auto=auto_report, source=inputs.source,
+        main=engine.accelerator.is_main_process)
+    if inputs.labeled:
+        result.scores = score_predictions(inputs.targets, probs, classes, heads)
+    # Build the submission before writing anything, so a mismatching sample leaves no files behind.
+    submission = _submission(result, recipe, heads, sample, sample_submission)
+    if write and result.main:
+        _write(result, submission, inputs, data, sample_submission)
+    engine.accelerator.wait_for_everyone()
+    return result
+
+
+def _submission(result: PredictResult, recipe, heads: list[str], sample, sample_path):  # noqa: ANN001, ANN202
+    from toolkit.predict.submission import build_submission
+
+    if len(heads) == 1:
+        probs, names = result.probs[heads[0]], result.classes[heads[0]]
+    else:
+        order, names = _combined_classes(recipe, heads, result.classes)
+        probs = _combined_probs([result.probs[h] for h in order])
+    where = f"sample submission {sample_path}" if sample_path is not None else "submission"
+    return build_submission(result.ids, result.paths, probs, names, sample=sample, where=where)
+
+
+def _write(result: PredictResult, submission, inputs: PredictionInput, data, sample_path) -> None:  # noqa: ANN001
+    from toolkit.predict.submission import probability_frame, write_table
+    from toolkit.store.atomic import atomic_write_json
+
+    run = result.run
+    base = run.file("predictions")
+    files = {"parquet": base / f"{result.name}.parquet", "csv": base / f"{result.name}.csv",
+             "json": base / f"{result.name}.json"}
+    write_table(probability_frame(result.ids, result.paths, result.probs, result.classes), files["parquet"])
+    write_table(submission, files["csv"])
+    if result.tta_auto is not None:
+        files["tta"] = base / f"{result.name}.tta.json"
+        atomic_write_json(files["tta"], result.tta_auto)
+    scores = None
+    if result.scores is not None:
+        keep = ("n", "accuracy", "macro_f1", "balanced_accuracy", "log_loss", "per_class_recall", "confusion_matrix")
+        scores = {k: v for k, v in result.scores.items() if k in keep}
+    atomic_write_json(files["json"], {
+        "name": result.name, "data": str(Path(data).absolute()), "root": str(inputs.root), "source": inputs.source,
+        "n": result.n, "folds": result.folds, "views": result.views, "combine": result.combine,
+        "classes": result.classes, "sample_submission": str(sample_path) if sample_path is not None else None,
+        "scores": scores, "seconds": round(result.seconds, 3), "img_s": round(result.img_s, 2),
+        "tta_auto": result.tta_auto["chosen"] if result.tta_auto else None,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+    })
+    result.files = files
