@@ -304,3 +304,15 @@ def test_mixup_needs_even_batch(images, tmp_path):
     runs = tmp_path / "runs"
     assert cli(["train", "--recipe", str(recipe), "--runs", str(runs), "--folds", "0"]) == 2
     assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_default_loader_workers(monkeypatch):
+    from toolkit.train.trainer import _num_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(2)))
+    assert _num_workers(None, 1, on_gpu=False) == 0  # small CPU: decode in-process
+    assert _num_workers(None, 1, on_gpu=True) == 2
+    assert _num_workers(3, 1, on_gpu=False) == 3  # the recipe wins
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    assert _num_workers(None, 1, on_gpu=False) == 4
+    assert _num_workers(None, 2, on_gpu=True) == 8
