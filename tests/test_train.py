@@ -241,7 +241,6 @@ def test_multihead_metrics_and_oof(tmp_path):
     assert np.array(summary["oof"]["combined"]["confusion_matrix"]).shape == (6, 6)
 
 
-@pytest.mark.slow
 def test_ddp_two_processes_match_single_process(images, tmp_path):
     """Real 2-process DDP on CPU (gloo): one run folder, complete OOF, metrics close to 1 process."""
     recipe = write_recipe(tmp_path / "r.toml", images, train={"epochs": 2, "batch_size": 4, "deterministic": True},
