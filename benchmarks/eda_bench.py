@@ -2,24 +2,30 @@
 
 Run from the repository root::
 
-    .venv/bin/python benchmarks/eda_bench.py [--workers N] [--synthetic 50000] [--out FILE]
+    .venv/bin/python benchmarks/eda_bench.py [--workers N] [--rounds 3] [--synthetic 50000]
+        [--baseline-tree DIR] [--skip-memory] [--out FILE]
 
 What it measures (on ``$CLSCTL_DATA`` or ``../shared/data``):
 
-* Throughput on pacs-sketch and facemask-3class/crops. Side by side, on the same files with the
-  same number of processes and the same chunking: (1) a bare one-pass decode (``Image.open`` +
-  ``convert("RGB")``), (2) the toolkit's own loader (``load_image``), (3) ``run_eda``. Files are
-  read once beforehand so every contender decodes from the page cache, and each bare run is taken
-  both before and after eda so drift shows. The eda rate is reported for its one pass (header,
-  hashes, statistics, features, thumbnails) and end to end (plus duplicate search, outliers,
-  plots, HTML).
+* Throughput on pacs-sketch and facemask-3class/crops. On the same files, with the same number
+  of processes and the same chunking (eda sends a worker ``chunk_size(n, workers)`` images per
+  task; the decode pool gets ``imap(..., chunksize=chunk_size(n, workers))``), page cache warm:
+  (1) a bare one-pass decode (``Image.open`` + ``convert("RGB")``), (2) the toolkit's own loader
+  (``load_image``), (3) ``run_eda`` in a fresh interpreter, and with ``--baseline-tree`` (4)
+  ``run_eda`` of another checkout of the repository (e.g. the previous commit, from
+  ``git worktree add /tmp/eda-base HEAD``). The contenders run one after another in
+  each of ``--rounds`` rounds, so slow phases of a shared machine hit all of them; the table gives
+  the best round of each and the spread, and the ratios are taken per round (eda in round r over
+  the bare decode in round r), reported as median and range. The eda rate is for its one pass
+  (read, header, hashes, statistics, features, thumbnails; pool start included, as for the
+  decode) and end to end (plus duplicate search, outliers, plots, HTML).
 * Peak memory of the whole process tree (main process + pool workers) on mnist-10k and on a
   generated folder of tiny 28×28 PNGs (``--synthetic`` images, 50,000 by default), each eda run
   in a fresh subprocess. With psutil installed the tree's summed RSS is sampled every 20 ms (an
   upper bound: pages shared after fork are counted in each process); without it, the largest
   single process from ``getrusage(RUSAGE_CHILDREN)`` is reported.
 
-Results are printed as a Markdown table (and written to ``--out`` when given).
+Results are printed as Markdown tables (and written to ``--out`` when given).
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from toolkit.clean.duplicates import default_workers  # noqa: E402
+from toolkit.clean.duplicates import chunk_size, default_workers  # noqa: E402
 from toolkit.data.eda import eda_manifest  # noqa: E402
 
 
@@ -65,15 +71,18 @@ def _toolkit(path: str) -> int:
 
 
 def decode_rate(func, files: list[str], workers: int) -> float:
-    """Images per second of ``func`` over ``files`` with eda's pool settings (pool start included)."""
-    chunksize = max(1, min(64, len(files) // (workers * 8)))
+    """Images per second of ``func`` over ``files`` with eda's pool settings (pool start included).
+
+    The pool gets the files ``chunk_size(n, workers)`` at a time: the tasks eda's pass sends.
+    """
+    size = chunk_size(len(files), workers)
     start = time.perf_counter()
     if workers <= 1:
         for f in files:
             func(f)
     else:
         with get_context().Pool(workers) as pool:
-            for _ in pool.imap(func, files, chunksize=chunksize):
+            for _ in pool.imap(func, files, chunksize=size):
                 pass
     return len(files) / (time.perf_counter() - start)
 
@@ -89,25 +98,25 @@ print(json.dumps({"seconds": time.perf_counter() - t, "pass_seconds": r["timing"
 """
 
 
-def run_eda_child(data: Path, out: Path, workers: int) -> dict:
-    """Run eda in a fresh interpreter; return its timings and the tree's peak memory (MiB)."""
+def run_eda_child(data: Path, out: Path, workers: int, tree: Path = REPO) -> dict:
+    """Run eda (of the checkout ``tree``) in a fresh interpreter; return its timings and peak memory (MiB)."""
     try:
         import psutil
     except ImportError:
         psutil = None
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(data), str(out), str(workers)], cwd=REPO,
-                            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(data), str(out), str(workers)], cwd=tree,
+                            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(tree)})
     peak_tree = peak_main = 0
     if psutil is not None:
         p = psutil.Process(proc.pid)
         while proc.poll() is None:
             try:
                 main = p.memory_info().rss
-                tree = main + sum(c.memory_info().rss for c in p.children(recursive=True))
+                tree_rss = main + sum(c.memory_info().rss for c in p.children(recursive=True))
             except psutil.Error:
                 break
-            peak_tree, peak_main = max(peak_tree, tree), max(peak_main, main)
+            peak_tree, peak_main = max(peak_tree, tree_rss), max(peak_main, main)
             time.sleep(0.02)
     stdout, _ = proc.communicate()
     if proc.returncode != 0:
@@ -118,6 +127,47 @@ def run_eda_child(data: Path, out: Path, workers: int) -> dict:
     result["tree_peak_mib"] = peak_tree / 2**20 if peak_tree else None
     result["main_peak_mib"] = peak_main / 2**20 if peak_main else None
     return result
+
+
+def _spread(rates: list[float]) -> str:
+    """Best of the rounds, with the range of all rounds."""
+    return f"{max(rates):.0f} ({min(rates):.0f}–{max(rates):.0f})"
+
+
+def _ratio(num: list[float], den: list[float]) -> str:
+    """Per-round ratios: median (min–max)."""
+    r = sorted(a / b for a, b in zip(num, den, strict=True))
+    return f"{float(np.median(r)):.2f} ({r[0]:.2f}–{r[-1]:.2f})"
+
+
+def throughput(name: str, folder: Path, workers: int, rounds: int, tmp: Path, baseline: Path | None) -> list[str]:
+    """Interleaved rounds of every contender on one dataset; Markdown rows for the two tables."""
+    df = eda_manifest(folder)
+    files = [str(folder / p) for p in df["path"]]
+    for f in files:  # warm the page cache: everyone decodes from memory
+        Path(f).read_bytes()
+    rates: dict[str, list[float]] = {k: [] for k in ("bare", "load_image", "pass", "e2e", "base_pass", "base_e2e")}
+    for r in range(rounds):
+        rates["bare"].append(decode_rate(_bare, files, workers))
+        res = run_eda_child(folder, tmp / f"{name.replace('/', '_')}-{r}", workers)
+        rates["pass"].append(res["n"] / res["pass_seconds"])
+        rates["e2e"].append(res["n"] / res["seconds"])
+        if baseline is not None:
+            res = run_eda_child(folder, tmp / f"{name.replace('/', '_')}-base-{r}", workers, baseline)
+            rates["base_pass"].append(res["n"] / res["pass_seconds"])
+            rates["base_e2e"].append(res["n"] / res["seconds"])
+        rates["load_image"].append(decode_rate(_toolkit, files, workers))
+        print(f"  {name} round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in rates.items() if v),
+              flush=True)
+    rates = {k: v for k, v in rates.items() if v}
+    row = (f"| {name} | {len(files)} | {_spread(rates['bare'])} | {_spread(rates['load_image'])} | {_spread(rates['pass'])} | {_spread(rates['e2e'])} "
+           f"| {_ratio(rates['pass'], rates['bare'])} | {_ratio(rates['e2e'], rates['bare'])} |")
+    base = ""
+    if baseline is not None:
+        base = (f"| {name} | {_spread(rates['base_pass'])} | {_spread(rates['pass'])} "
+                f"| {_ratio(rates['base_pass'], rates['bare'])} | {_ratio(rates['pass'], rates['bare'])} "
+                f"| {_ratio(rates['pass'], rates['base_pass'])} |")
+    return [row, base]
 
 
 def write_synthetic(folder: Path, n: int) -> None:
@@ -138,7 +188,11 @@ def write_synthetic(folder: Path, n: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workers", type=int, default=default_workers())
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every contender")
     parser.add_argument("--synthetic", type=int, default=50_000)
+    parser.add_argument("--baseline-tree", type=Path, default=None,
+                        help="another checkout of the repository whose eda runs beside this one")
+    parser.add_argument("--skip-memory", action="store_true", help="throughput only")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     workers = args.workers
@@ -146,48 +200,45 @@ def main() -> None:
     pacs = shared / "pacs-sketch" / "sketch"
     if not pacs.is_dir():
         pacs = shared / "pacs-sketch"
-    lines = [f"workers: {workers}, cpu cores: {os.cpu_count()}, python {sys.version.split()[0]}", "",
+    lines = [f"workers: {workers}, cpu cores: {os.cpu_count()}, python {sys.version.split()[0]}, "
+             f"rounds: {args.rounds}", "",
              "| data | images | bare decode img/s | load_image img/s | eda pass img/s | eda end-to-end img/s "
              "| pass / bare | end-to-end / bare |", "|---|---|---|---|---|---|---|---|"]
+    base_lines = ["", f"Baseline tree: {args.baseline_tree}", "",
+                  "| data | baseline pass img/s | eda pass img/s | baseline pass / bare | eda pass / bare "
+                  "| speed-up |", "|---|---|---|---|---|---|"]
     tmp = Path(tempfile.mkdtemp(prefix="eda-bench-"))
     try:
         for name, folder in (("pacs-sketch", pacs), ("facemask-3class/crops", shared / "facemask-3class" / "crops")):
             if not folder.is_dir():
                 lines.append(f"| {name} | missing | | | | | | |")
                 continue
-            df = eda_manifest(folder)
-            files = [str(folder / p) for p in df["path"]]
-            for f in files:  # warm the page cache: everyone decodes from memory
-                Path(f).read_bytes()
-            bare1 = decode_rate(_bare, files, workers)
-            tk = decode_rate(_toolkit, files, workers)
-            res = run_eda_child(folder, tmp / name.replace("/", "_"), workers)
-            bare2 = decode_rate(_bare, files, workers)
-            bare = (bare1 + bare2) / 2
-            pass_rate = res["n"] / res["pass_seconds"]
-            e2e = res["n"] / res["seconds"]
-            lines.append(f"| {name} | {len(files)} | {bare:.0f} ({bare1:.0f}/{bare2:.0f}) | {tk:.0f} | {pass_rate:.0f} "
-                         f"| {e2e:.0f} | {pass_rate / bare:.2f} | {e2e / bare:.2f} |")
-            print(lines[-1], flush=True)
+            row, base = throughput(name, folder, workers, args.rounds, tmp, args.baseline_tree)
+            lines.append(row)
+            base_lines.append(base)
+            print(row, flush=True)
+        if args.baseline_tree is not None:
+            lines += base_lines
 
-        lines += ["", "| data | images | eda seconds | tree peak RSS MiB (sum) | main process peak MiB "
-                  "| largest process MiB (getrusage) |", "|---|---|---|---|---|---|"]
-        synth = tmp / "synthetic"
-        t = time.perf_counter()
-        write_synthetic(synth, args.synthetic)
-        print(f"wrote {args.synthetic} synthetic PNGs in {time.perf_counter() - t:.0f} s", flush=True)
-        for name, folder in (("mnist-10k", shared / "mnist-10k"), (f"synthetic {args.synthetic}", synth)):
-            if not folder.is_dir():
-                lines.append(f"| {name} | missing | | | | |")
-                continue
-            res = run_eda_child(folder, tmp / ("out-" + name.split()[0]), workers)
+        if not args.skip_memory:
+            lines += ["", "| data | images | eda seconds | tree peak RSS MiB (sum) | main process peak MiB "
+                      "| largest process MiB (getrusage) |", "|---|---|---|---|---|---|"]
+            synth = tmp / "synthetic"
+            t = time.perf_counter()
+            write_synthetic(synth, args.synthetic)
+            print(f"wrote {args.synthetic} synthetic PNGs in {time.perf_counter() - t:.0f} s", flush=True)
+            for name, folder in (("mnist-10k", shared / "mnist-10k"), (f"synthetic {args.synthetic}", synth)):
+                if not folder.is_dir():
+                    lines.append(f"| {name} | missing | | | | |")
+                    continue
+                res = run_eda_child(folder, tmp / ("out-" + name.split()[0]), workers)
 
-            def mib(v: float | None) -> str:
-                return "n/a" if v is None else f"{v:.0f}"
+                def mib(v: float | None) -> str:
+                    return "n/a" if v is None else f"{v:.0f}"
 
-            lines.append(f"| {name} | {res['n']} | {res['seconds']:.1f} | {mib(res['tree_peak_mib'])} | "
-                         f"{mib(res['main_peak_mib'])} | {mib(res['largest_process_mib'])} |")
-            print(lines[-1], flush=True)
+                lines.append(f"| {name} | {res['n']} | {res['seconds']:.1f} | {mib(res['tree_peak_mib'])} | "
+                             f"{mib(res['main_peak_mib'])} | {mib(res['largest_process_mib'])} |")
+                print(lines[-1], flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     text = "\n".join(lines) + "\n"

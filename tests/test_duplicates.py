@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from toolkit.clean.duplicates import (
     image_hashes,
     perceptual_hash,
 )
+from toolkit.data.images import load_image
 from toolkit.errors import DataError, UsageError
 
 
@@ -174,3 +176,109 @@ def test_hamming() -> None:
     assert hamming(0b1011, 0b0001) == 2
     assert hamming(np.uint64(2**64 - 1), 0) == 64
     assert hamming(np.array([1, 3], np.uint64), np.uint64(0)).tolist() == [1, 2]
+
+
+def mode_zoo(folder: Path) -> list[str]:
+    """One file per way an image can reach the loader: modes, formats, EXIF rotation, frames."""
+    rgb = scene(4, size=48)
+    grey = rgb[..., 1]
+    names = []
+
+    def save(name: str, image: Image.Image, **kw) -> None:
+        image.save(folder / name, **kw)
+        names.append(name)
+
+    save("rgb.png", Image.fromarray(rgb))
+    save("grey_mode.png", Image.fromarray(grey))
+    save("grey_looking_rgb.png", Image.fromarray(np.repeat(grey[..., None], 3, axis=2)))
+    save("palette.png", Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=32))
+    alpha = np.dstack([rgb, np.linspace(0, 255, 48 * 48).reshape(48, 48).astype(np.uint8)])
+    save("rgba.png", Image.fromarray(alpha))
+    save("grey_alpha.png", Image.fromarray(np.dstack([grey, alpha[..., 3]])))
+    save("grey16.png", Image.fromarray(grey.astype(np.uint16) * 257 + 3))
+    save("plain.bmp", Image.fromarray(rgb))
+    save("photo.webp", Image.fromarray(rgb), lossless=True)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
+    save("rotated.jpg", Image.fromarray(rgb[:, :40]), exif=exif, quality=95)
+    save("cmyk.jpg", Image.fromarray(rgb).convert("CMYK"), quality=95)
+    frames = [Image.fromarray(rgb).convert("P"), Image.fromarray(rgb[::-1].copy()).convert("P")]
+    frames[0].save(folder / "animated.gif", save_all=True, append_images=frames[1:])
+    names.append("animated.gif")
+    return names
+
+
+def test_every_mode_hashes_the_pixels_the_loader_gives(tmp_path: Path) -> None:
+    # Files are decoded from the bytes already read, not through load_image: the pixels (and so
+    # the digests and hashes) must still be exactly the loader's, whatever the mode or format.
+    names = mode_zoo(tmp_path)
+    # All but the animated GIF are decoded from memory (the path this test is about).
+    fast = {n for n in names if dup.decode_bytes((tmp_path / n).read_bytes())[1] is not None}
+    assert set(names) - fast == {"animated.gif"}
+    hashes = image_hashes(names, tmp_path, workers=1).set_index("path")
+    for name in names:
+        image = load_image(tmp_path / name)
+        assert hashes.loc[name, "pixel_hash"] == dup.pixel_digest(np.asarray(image)), name
+        phash, flip = perceptual_hash(image)
+        assert (hashes.loc[name, "phash"], hashes.loc[name, "phash_flip"]) == (phash, flip), name
+    assert load_image(tmp_path / "rotated.jpg").size == (48, 40)  # the EXIF rotation was applied
+    # A grey-mode file and an RGB file that only looks grey hold the same pixels.
+    assert hashes.loc["grey_mode.png", "pixel_hash"] == hashes.loc["grey_looking_rgb.png", "pixel_hash"]
+    assert hashes.loc["grey_mode.png", "pixel_hash"] != hashes.loc["rgb.png", "pixel_hash"]
+
+
+def test_pixel_digest_tells_grey_from_colour() -> None:
+    grey = scene(5)[..., 0]
+    as_rgb = np.repeat(grey[..., None], 3, axis=2)
+    # A colour image whose first plane is the grey plane (the grey digest hashes one plane only).
+    coloured = as_rgb.copy()
+    coloured[..., 2] = 255 - grey
+    assert dup.pixel_digest(as_rgb) != dup.pixel_digest(coloured)
+    assert dup.pixel_digest(as_rgb) == dup.pixel_digest(as_rgb.copy())
+    assert dup.pixel_digest(as_rgb[:8]) != dup.pixel_digest(as_rgb[:8].reshape(16, -1, 3))  # same bytes
+    one = as_rgb.copy()
+    one[3, 7, 1] ^= 1  # one channel of one pixel
+    assert dup.pixel_digest(one) != dup.pixel_digest(as_rgb)
+    with pytest.raises(ValueError, match="H x W x 3"):
+        dup.pixel_digest(grey)
+
+
+def test_hashes_do_not_depend_on_the_stack() -> None:
+    # Hashes are computed for a chunk of images at once; each must equal the one-image result.
+    rng = np.random.default_rng(3)
+    tinies = [scene(k, size=32).tobytes() for k in range(20)]
+    tinies += [rng.integers(0, 256, (32, 32), dtype=np.uint8).tobytes() for _ in range(5)]  # L
+    tinies.insert(7, np.full((32, 32, 3), 200, np.uint8).tobytes())  # flat: no hash
+    _, phash, flip = dup.layout_batch(dup.stack_tiny(tinies))
+    alone = [dup.layout_batch(dup.stack_tiny([t]))[1:] for t in tinies]
+    assert phash == [a[0][0] for a in alone] and flip == [a[1][0] for a in alone]
+    assert phash[7] is None and sum(h is None for h in phash) == 1
+    # An L tiny image hashes like the RGB image with three copies of its plane.
+    plane = np.frombuffer(tinies[-1], np.uint8).reshape(32, 32)
+    rgb = np.repeat(plane[..., None], 3, axis=2)
+    assert dup.layout_batch(dup.stack_tiny([rgb.tobytes()]))[1] == [phash[-1]]
+
+
+def test_decode_bytes_leaves_unusual_files_to_the_loader(tmp_path: Path) -> None:
+    names = mode_zoo(tmp_path)
+    assert "animated.gif" in names
+    header, image = dup.decode_bytes((tmp_path / "animated.gif").read_bytes())
+    assert header == ("GIF", "P", 2) and image is None  # several frames: load_image decodes it
+    data = (tmp_path / "rgb.png").read_bytes()
+    header, image = dup.decode_bytes(data[: len(data) // 2])
+    assert header == ("PNG", "RGB", 1) and image is None  # truncated: header kept, no pixels
+    assert dup.decode_bytes(b"not an image") == (None, None)
+    header, image = dup.decode_bytes((tmp_path / "grey_mode.png").read_bytes())
+    assert header == ("PNG", "L", 1) and image.mode == "L"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX FIFOs")
+def test_read_file_does_not_block_on_a_fifo(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe.png")
+    assert dup.read_file(str(tmp_path / "pipe.png")) is None
+    assert dup.read_file(str(tmp_path)) is None and dup.read_file(str(tmp_path / "missing.png")) is None
+    (tmp_path / "a.png").write_bytes(b"12345")
+    assert dup.read_file(str(tmp_path / "a.png")) == b"12345"
+    hashes = image_hashes(["pipe.png"], tmp_path, workers=1)
+    assert hashes["sha1"].isna().all()
+

@@ -12,10 +12,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from toolkit.clean.duplicates import layout, pixel_digest
 from toolkit.cli.main import run as cli
 from toolkit.data.eda import (
     OUTLIER_THRESHOLD,
     STATS_MAX_SIDE,
+    _analyze_chunk,
     default_out_dir,
     downscale_for_stats,
     eda_manifest,
@@ -216,3 +218,82 @@ def test_pacs_sketch(shared_dataset, tmp_path: Path) -> None:
     images = pd.read_parquet(tmp_path / "out" / "images.parquet").set_index("path")
     # The hand-written word "ERROR" filed as a dog: its ink fills an unusually short band.
     assert images.loc["dog/n02103406_4068-1.png", "outlier_score"] > OUTLIER_THRESHOLD
+
+
+def reference_features(tiny: np.ndarray) -> dict[str, float]:
+    """The outlier layout features of one 32×32 RGB image (0..255), written out plainly."""
+    f = tiny.reshape(-1, 3) / 255.0
+    rg = f[:, 0] - f[:, 1]
+    yb = (f[:, 0] + f[:, 1]) / 2 - f[:, 2]
+    colorfulness = np.sqrt(rg.var() + yb.var()) + 0.3 * np.hypot(rg.mean(), yb.mean())
+    y = (f @ np.array([0.299, 0.587, 0.114])).reshape(32, 32)
+    edges = np.abs(np.diff(y, axis=1)).mean() + np.abs(np.diff(y, axis=0)).mean()
+    border = np.sort(np.concatenate([y[0], y[-1], y[:, 0], y[:, -1]]))
+    mask = np.abs(y - border[64]) > 0.1
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return {"colorfulness": colorfulness, "edge_density": edges,
+            "content_width": (cols[-1] - cols[0] + 1) / 32 if cols.size else 0.0,
+            "content_height": (rows[-1] - rows[0] + 1) / 32 if rows.size else 0.0}
+
+
+def test_per_image_values_match_the_loader(folder: Path, tmp_path: Path) -> None:
+    # Big grey images take the one-plane path (digest, sums, 32×32 layout); check them too.
+    grey = colour_image(3, (520, 300))[..., 0]
+    Image.fromarray(np.repeat(grey[..., None], 3, axis=2)).save(folder / "dog" / "big_grey_rgb.png")
+    Image.fromarray(grey.T.copy()).save(folder / "dog" / "big_grey_mode.png")
+    r = run(folder, tmp_path)
+    images = pd.read_parquet(tmp_path / "out" / "images.parquet").set_index("path")
+    hashes = pd.read_parquet(tmp_path / "out" / "hashes.parquet").set_index("path")
+    checked = 0
+    for path in images.index[images["ok"]]:
+        image = load_image(folder / path)
+        pixels = np.asarray(image)
+        small = np.asarray(downscale_for_stats(image), np.float64).reshape(-1, 3) / 255
+        row = images.loc[path]
+        assert (row["width"], row["height"]) == image.size
+        assert row["grayscale"] == (np.array_equal(pixels[..., 0], pixels[..., 1])
+                                    and np.array_equal(pixels[..., 1], pixels[..., 2])), path
+        np.testing.assert_allclose(row[["mean_r", "mean_g", "mean_b"]].to_numpy(float), small.mean(axis=0), atol=1e-12)
+        np.testing.assert_allclose(row[["std_r", "std_g", "std_b"]].to_numpy(float), small.std(axis=0), atol=1e-9)
+        assert hashes.loc[path, "pixel_hash"] == pixel_digest(pixels), path
+        reduced = downscale_for_stats(image)
+        tiny, phash, flip = layout(reduced)
+        assert (hashes.loc[path, "phash"], hashes.loc[path, "phash_flip"]) == (phash, flip), path
+        for name, value in reference_features(tiny).items():
+            assert row[name] == pytest.approx(value, abs=1e-9), (path, name)
+        checked += 1
+    assert checked == 9 and images.loc["dog/big_grey_rgb.png", "grayscale"]
+    # One plane pooled for three: the dataset statistics are still exact.
+    assert r["stats"]["pixels"] == sum(int(np.prod(downscale_for_stats(load_image(folder / p)).size))
+                                       for p in images.index[images["ok"]])
+
+
+def test_a_chunk_gives_what_single_files_give(folder: Path) -> None:
+    # Hashes, sums and features are computed per chunk in stacked numpy calls and reused buffers.
+    tasks = [(str(p), False) for p in sorted(folder.rglob("*.*"))]
+    whole = _analyze_chunk(tasks)
+    parts = [_analyze_chunk([t]) for t in tasks]
+    for key in ("ok", "reason", "sha1", "pixel_hash", "phash", "phash_flip", "grayscale", "width"):
+        assert whole[key] == [p[key][0] for p in parts], key
+    for key in ("n", "s", "s2"):
+        assert np.array_equal(whole[key], np.concatenate([p[key] for p in parts])), key
+    for key in ("colorfulness", "edge_density", "content_width", "content_height"):
+        np.testing.assert_allclose(whole[key], np.concatenate([p[key] for p in parts]), rtol=1e-12, atol=1e-15)
+    assert sum(whole["ok"]) == 7
+
+
+def test_channel_sums_are_exact_at_the_limits() -> None:
+    # 65,536 white pixels (a 256×256 plane) is the largest sum of squares at the stats resolution:
+    # 4,261,478,400, just under 2**32, where the 32-bit accumulators must still be exact.
+    from toolkit.data.eda import _batched_sums, _plane_sums
+
+    rng = np.random.default_rng(0)
+    white = np.full(256 * 256, 255, np.uint8).tobytes()
+    assert _plane_sums(white) == (65536 * 255, 65536 * 255 * 255)
+    bigger = rng.integers(0, 256, 300 * 300, dtype=np.uint8)
+    assert _plane_sums(bigger.tobytes()) == (int(bigger.sum(dtype=np.int64)), int((bigger.astype(np.int64) ** 2).sum()))
+    bands = [rng.integers(0, 256, n, dtype=np.uint8) for n in (1, 7, 4096, 300, 4096)]
+    bands[2][:] = 255
+    s, s2 = _batched_sums([b.tobytes() for b in bands])
+    assert s.tolist() == [int(b.sum(dtype=np.int64)) for b in bands]
+    assert s2.tolist() == [int((b.astype(np.int64) ** 2).sum()) for b in bands]

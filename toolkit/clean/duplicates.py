@@ -11,6 +11,12 @@ Four kinds of match, strongest first (a pair is reported under the strongest kin
 * ``near_flip``: one image's hash is within ``max_distance`` bits of the hash of the other
   image mirrored left-right (a horizontally flipped copy, a classic augmentation leak).
 
+The pixel digest (:func:`pixel_digest`) is a SHA-1 of a tag, the image size and the pixel planes
+(all red values row by row, then green, then blue). An image whose three channels are equal
+everywhere (a grey-mode file, or an RGB file that only looks grey: sketches, scans, X-rays) is
+hashed with another tag and its one plane only, a third of the work; the tag keeps the two
+encodings apart, so equal digests still mean equal pixels.
+
 The perceptual hash is a DCT hash: the image is box-filtered down (first so that its long side is
 at most 256 px, the resolution ``clsctl eda`` computes everything else at, then to 32×32), turned
 into grey (luma 0.299 R + 0.587 G + 0.114 B, in floating point) and transformed with an
@@ -27,7 +33,9 @@ same hash of the 32×32 grey image mirrored left-right (computed from the same c
 left-right mirror flips the sign of every coefficient with an odd horizontal frequency). A
 nearly uniform image (its 32×32 grey version has a standard deviation below one grey level) has no
 layout to hash: its ``phash``/``phash_flip`` are missing and it only takes part in exact and pixel
-matching (otherwise a black and a white image would be "near duplicates").
+matching (otherwise a black and a white image would be "near duplicates"). Files are hashed in
+chunks: the per-image work is the decode, the planes and the Pillow resizes, and the DCTs of a
+whole chunk run as a few stacked numpy calls (each image's result is the same whatever the chunk).
 
 Pairs are a graph, not a full list of all pairs: within a cluster of identical files (or
 identical pixels, or identical hashes) every member is paired with the cluster's first path
@@ -46,13 +54,23 @@ whole set is used instead. Memory stays linear in the number of images plus the 
 from __future__ import annotations
 
 import hashlib
+import io
+import math
 import os
+import stat
+import struct
+import threading
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
+from toolkit.data.images import (
+    _to_rgb,  # the loader's own conversion rules, not a copy of them
+    load_image,
+)
 from toolkit.errors import ImageError, UsageError
 
 if TYPE_CHECKING:
@@ -111,8 +129,6 @@ def _low_frequencies(n: int, count: int) -> tuple[np.ndarray, np.ndarray]:
 
 _DCT = _dct_matrix(_HASH_SIDE)
 _LOW_ROWS, _LOW_COLS = _low_frequencies(_HASH_SIDE, _HASH_BITS)
-# Bit weights: bit k of the 64-bit hash is coefficient k (first coefficient = most significant).
-_BIT_WEIGHTS = (np.uint64(1) << np.arange(_HASH_BITS - 1, -1, -1, dtype=np.uint64)).astype(np.uint64)
 
 
 #: Long side (pixels) images are box-reduced to before anything else is computed from them.
@@ -142,12 +158,99 @@ def reduce_image(image: Image.Image, max_side: int = REDUCED_SIDE) -> Image.Imag
     return image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BOX)
 
 
-def _bits(coeffs: np.ndarray) -> int:
+def tiny_bytes(reduced: Image.Image) -> bytes:
+    """The 32×32 box-filtered version of an RGB or L image, as raw bytes (3072 or 1024).
+
+    An ``L`` image gives the same values as the RGB image with three copies of its plane
+    (Pillow filters every channel alike), at a third of the cost.
+    """
+    return reduced.resize((_HASH_SIDE, _HASH_SIDE), Image.Resampling.BOX).tobytes()
+
+
+_WORK = threading.local()
+
+
+def workspace(name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """A reusable scratch array of ``shape`` (one per name and thread; contents undefined).
+
+    Temporaries above glibc's mmap threshold (128 KiB) keep coming back as fresh mappings, and
+    every 4 KiB page of one faults on first touch (measured at a few µs each on a small VM: more
+    than the arithmetic on it). Chunk-sized temporaries are therefore allocated once per worker
+    thread and reused.
+    """
+    dtype = np.dtype(dtype)
+    size = math.prod(shape)
+    buf = getattr(_WORK, name, None)
+    if buf is None or buf.size < size or buf.dtype != dtype:
+        buf = np.empty(size, dtype)
+        setattr(_WORK, name, buf)
+    return buf[:size].reshape(shape)
+
+
+def stack_tiny(tinies: Sequence[bytes]) -> np.ndarray:
+    """``B x 3 x 32 x 32`` float64 planes (0..255) from :func:`tiny_bytes` outputs.
+
+    Planar, so that every later per-image reduction runs over a contiguous last axis (numpy
+    reduces an interleaved ``... x 3`` axis many times slower). An ``L`` tiny image fills all
+    three planes. The result lives in a :func:`workspace`: valid until the next call.
+    """
+    side = _HASH_SIDE
+    out = workspace("tiny", (len(tinies), 3, side, side), np.float64)
+    grey = [k for k, t in enumerate(tinies) if len(t) == side * side]
+    rgb = [k for k, t in enumerate(tinies) if len(t) != side * side]
+    # One copy per kind for the whole stack (interleaved RGB -> planes, one plane -> three).
+    if len(rgb) == len(tinies):
+        out[:] = np.frombuffer(b"".join(tinies), np.uint8).reshape(-1, side, side, 3).transpose(0, 3, 1, 2)
+    elif rgb:
+        out[rgb] = np.frombuffer(b"".join(tinies[k] for k in rgb), np.uint8).reshape(-1, side, side, 3) \
+            .transpose(0, 3, 1, 2)
+    if len(grey) == len(tinies):
+        out[:] = np.frombuffer(b"".join(tinies), np.uint8).reshape(-1, 1, side, side)
+    elif grey:
+        out[grey] = np.frombuffer(b"".join(tinies[k] for k in grey), np.uint8).reshape(-1, 1, side, side)
+    return out
+
+
+def layout_batch(tiny: np.ndarray) -> tuple[np.ndarray, list[int | None], list[int | None]]:
+    """Perceptual hashes of a stack of 32×32 images, in a few whole-stack numpy calls.
+
+    Per-image calls of a dozen small numpy functions cost more than the arithmetic; stacking
+    amortises them, and the stack-sized temporaries live in :func:`workspace` arrays. Every
+    step is elementwise or a per-image matrix product, so an image's hash does not depend on
+    what else is in the stack.
+
+    Args:
+        tiny: ``B x 3 x 32 x 32`` float planes (0..255), as :func:`stack_tiny` makes them.
+
+    Returns:
+        ``(grey, phash, phash_flip)``: the ``B x 32 x 32`` luma images (0..255, a workspace
+        array valid until the next call) and one hash (or None for a nearly uniform image) per
+        image.
+    """
+    b = tiny.shape[0]
+    grey = workspace("grey", (b, _HASH_SIDE, _HASH_SIDE), np.float64)
+    tmp = workspace("grey_tmp", (b, _HASH_SIDE, _HASH_SIDE), np.float64)
+    if b == 0:
+        return grey, [], []
+    # grey = R * 0.299 + G * 0.587 + B * 0.114, in that order, without temporaries.
+    np.multiply(tiny[:, 0], 0.299, out=grey)
+    np.add(grey, np.multiply(tiny[:, 1], 0.587, out=tmp), out=grey)
+    np.add(grey, np.multiply(tiny[:, 2], 0.114, out=tmp), out=grey)
+    # The standard deviation as np.std computes it, in the workspace.
+    n = _HASH_SIDE * _HASH_SIDE
+    np.subtract(grey, grey.sum(axis=(1, 2), keepdims=True) / n, out=tmp)
+    flat = (np.sqrt(np.multiply(tmp, tmp, out=tmp).sum(axis=(1, 2)) / n) < _FLAT_STD).tolist()
+    dct = workspace("dct", (b, _HASH_SIDE, _HASH_SIDE), np.float64)
+    coeffs = np.matmul(np.matmul(_DCT, grey, out=tmp), _DCT.T, out=dct)[:, _LOW_ROWS, _LOW_COLS]
     # Round away float noise so a flat region gives exact zeros, not random bits.
-    coeffs = np.round(coeffs, 6)
-    ordered = np.sort(coeffs)  # median of 64 values; np.median costs ten times more per call
-    bits = coeffs > (ordered[31] + ordered[32]) / 2
-    return int(np.bitwise_or.reduce(_BIT_WEIGHTS[bits])) if bits.any() else 0
+    both = np.round(np.stack([coeffs, coeffs * _FLIP_SIGNS]), 6)
+    ordered = np.sort(both, axis=-1)  # median of 64 values; np.median costs far more per call
+    median = (ordered[..., 31] + ordered[..., 32]) / 2
+    # Bit k of the 64-bit hash is coefficient k, the first coefficient the most significant.
+    words = np.packbits(both > median[..., None], axis=-1).view(">u8")[..., 0].tolist()
+    phash = [None if f else int(h) for f, h in zip(flat, words[0], strict=True)]
+    flip = [None if f else int(h) for f, h in zip(flat, words[1], strict=True)]
+    return grey, phash, flip
 
 
 def layout(reduced: Image.Image) -> tuple[np.ndarray, int | None, int | None]:
@@ -160,12 +263,10 @@ def layout(reduced: Image.Image) -> tuple[np.ndarray, int | None, int | None]:
         ``(tiny, phash, phash_flip)``: ``tiny`` is the ``32 x 32 x 3`` float64 box-filtered image
         (0..255); the hashes are None for a nearly uniform image.
     """
-    tiny = np.asarray(reduced.resize((_HASH_SIDE, _HASH_SIDE), Image.Resampling.BOX), dtype=np.float64)
-    grey = tiny[..., 0] * 0.299 + tiny[..., 1] * 0.587 + tiny[..., 2] * 0.114
-    if grey.std() < _FLAT_STD:
-        return tiny, None, None
-    coeffs = (_DCT @ grey @ _DCT.T)[_LOW_ROWS, _LOW_COLS]
-    return tiny, _bits(coeffs), _bits(coeffs * _FLIP_SIGNS)
+    t = stack_tiny([tiny_bytes(reduced)])
+    tiny = t[0].transpose(1, 2, 0).copy()  # out of the workspace before it is reused
+    _, phash, flip = layout_batch(t)
+    return tiny, phash[0], flip[0]
 
 
 def perceptual_hash(image: Image.Image) -> tuple[int | None, int | None]:
@@ -183,6 +284,29 @@ def perceptual_hash(image: Image.Image) -> tuple[int | None, int | None]:
     return phash, flip
 
 
+_GREY_TAG = b"grey"
+_RGB_TAG = b"rgb\0"
+# Up to this many pixels, one interleaved pack sliced into planes beats three per-band packs.
+_SMALL_PIXELS = 4096
+
+
+def planes(image: Image.Image) -> list[bytes]:
+    """The red, green and blue planes of an RGB image (row-major bytes each)."""
+    w, h = image.size
+    if w * h <= _SMALL_PIXELS:
+        raw = image.tobytes()
+        return [raw[0::3], raw[1::3], raw[2::3]]
+    return [image.tobytes("raw", band) for band in "RGB"]
+
+
+def _digest(width: int, height: int, bands: Sequence[bytes], grey: bool) -> str:
+    # The size goes in too: a 2×8 and a 4×4 image with the same bytes are different images.
+    h = hashlib.sha1((_GREY_TAG if grey else _RGB_TAG) + struct.pack("<qq", height, width), usedforsecurity=False)
+    for band in bands[:1] if grey else bands:
+        h.update(band)
+    return h.hexdigest()
+
+
 def pixel_digest(array: np.ndarray) -> str:
     """A digest of decoded pixels (and their shape), equal exactly when the pixels are equal.
 
@@ -190,14 +314,42 @@ def pixel_digest(array: np.ndarray) -> str:
         array: ``H x W x 3`` ``uint8`` pixels.
 
     Returns:
-        40 hex characters (SHA-1, the fastest digest hashlib offers on common CPUs; this is a
-        fingerprint, not a security measure).
+        40 hex characters: SHA-1 (the fastest digest hashlib offers on common CPUs; this is a
+        fingerprint, not a security measure) of a tag, the size and the pixel planes, one plane
+        when all three are equal (see the module docstring).
+
+    Raises:
+        ValueError: ``array`` is not ``H x W x 3``.
     """
-    h = hashlib.sha1(usedforsecurity=False)
-    # The shape goes in too: a 2×8 and a 4×4 image with the same bytes are different images.
-    h.update(np.asarray(array.shape, dtype=np.int64).tobytes())
-    h.update(np.ascontiguousarray(array, dtype=np.uint8))
-    return h.hexdigest()
+    a = np.asarray(array, dtype=np.uint8)
+    if a.ndim != 3 or a.shape[2] != 3:
+        raise ValueError(f"expected H x W x 3 pixels, got shape {a.shape}")
+    bands = [np.ascontiguousarray(a[..., c]).tobytes() for c in range(3)]
+    return _digest(a.shape[1], a.shape[0], bands, bands[0] == bands[1] == bands[2])
+
+
+def summarize_pixels(image: Image.Image) -> tuple[str, bool, Image.Image, list[bytes]]:
+    """Pixel digest and grayscale test of a decoded image, and its cheapest working form.
+
+    Args:
+        image: ``RGB``, or ``L`` standing for the RGB image with three copies of its plane (what
+            :func:`toolkit.data.images.load_image` makes of an opaque grey file).
+
+    Returns:
+        ``(digest, grey, working, bands)``: ``grey`` is True when the three channels are equal
+        everywhere; ``working`` is then an ``L`` image of the one plane (filters run three times
+        faster on it and give the same values), else the RGB image; ``bands`` are its planes.
+    """
+    w, h = image.size
+    if image.mode == "L":
+        bands = [image.tobytes()]
+        return _digest(w, h, bands, True), True, image, bands
+    bands = planes(image)
+    grey = bands[0] == bands[1] == bands[2]
+    digest = _digest(w, h, bands, grey)
+    if not grey:
+        return digest, False, image, bands
+    return digest, True, Image.frombuffer("L", (w, h), bands[0], "raw", "L", 0, 1), bands[:1]
 
 
 def hash_image(image: Image.Image, reduced: Image.Image | None = None) -> tuple[str, int | None, int | None]:
@@ -210,8 +362,11 @@ def hash_image(image: Image.Image, reduced: Image.Image | None = None) -> tuple[
     Returns:
         ``(pixel_hash, phash, phash_flip)``.
     """
-    _, phash, flip = layout(reduced if reduced is not None else reduce_image(image))
-    return pixel_digest(np.asarray(image)), phash, flip
+    digest, _, working, _ = summarize_pixels(image)
+    if reduced is None:
+        reduced = reduce_image(working)
+    _, phash, flip = layout(reduced)
+    return digest, phash, flip
 
 
 def hamming(a: Any, b: Any) -> Any:
@@ -239,22 +394,106 @@ def _popcount(x: np.ndarray) -> np.ndarray:
     return _BYTE_POPCOUNT[as_bytes].sum(axis=-1, dtype=np.uint8)
 
 
+# --------------------------------------------------------------------------- reading files
+
+# Formats whose header gives the frame count without seeking through the file, so the image
+# opened for the header can be decoded as it is. Others (GIF, TIFF...) are opened a second time
+# through load_image, as every multi-frame file is.
+_FAST_FORMATS = frozenset({"PNG", "JPEG", "BMP", "WEBP"})
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)
+
+
+def read_file(path: str) -> bytes | None:
+    """All bytes of a regular file, or None when it cannot be read as one.
+
+    ``O_NONBLOCK`` and the ``fstat`` check keep a FIFO or device from blocking the pass; the
+    caller then asks :func:`toolkit.data.images.load_image` for the precise reason.
+    """
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        size = st.st_size
+        data = os.read(fd, size + 1)
+        if len(data) != size:  # a short read, or a file that changed since fstat: read to the end
+            parts = [data]
+            while chunk := os.read(fd, 1 << 20):
+                parts.append(chunk)
+            data = b"".join(parts)
+        return data
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def decode_bytes(data: bytes) -> tuple[tuple[str | None, str, int] | None, Image.Image | None]:
+    """Header and pixels of an image file already in memory, as :func:`load_image` decodes them.
+
+    One ``Image.open`` serves both the header and the decode, and decoding from memory skips the
+    many small reads Pillow makes from a file. Run it with
+    ``warnings.simplefilter("error", Image.DecompressionBombWarning)`` in effect, as
+    :func:`load_image` does, so an oversized image falls to the caller's ``load_image`` call.
+
+    Returns:
+        ``(header, image)``: ``header`` is ``(format, mode, frames)`` or None when the bytes are
+        not an image Pillow can open; ``image`` is the decoded image (``RGB``, or ``L`` for an
+        opaque grey image, which ``load_image`` would turn into three equal channels) or None
+        when anything is unusual (corrupt data, several frames, a format outside the common
+        ones): the caller then decodes the file with ``load_image``, which also names the reason
+        of a failure.
+    """
+    try:
+        im = Image.open(io.BytesIO(data))
+        header = (im.format, im.mode, int(getattr(im, "n_frames", 1)))
+    except Exception:  # not an image, a damaged header or too large: load_image says which
+        return None, None
+    if im.format not in _FAST_FORMATS or header[2] != 1:
+        return header, None
+    try:
+        im.load()
+        ImageOps.exif_transpose(im, in_place=True)
+        if im.mode == "L" and "transparency" not in im.info:
+            return header, im
+        return header, _to_rgb(im)
+    except Exception:  # truncated, corrupt EXIF, unsupported mode: load_image names the reason
+        return header, None
+
+
 # --------------------------------------------------------------------------- hashing files
 
 
-def _file_hashes(path: str) -> tuple[str | None, str | None, int | None, int | None]:
-    from toolkit.data.images import load_image
-
-    try:
-        with open(path, "rb") as handle:
-            sha1 = hashlib.sha1(handle.read()).hexdigest()
-    except OSError:
-        return None, None, None, None
-    try:
-        image = load_image(path)
-    except ImageError:
-        return sha1, None, None, None
-    return (sha1, *hash_image(image))
+def _hash_chunk(paths: Sequence[str]) -> list[tuple[str | None, str | None, int | None, int | None]]:
+    rows: list[tuple[str | None, str | None, int | None, int | None]] = []
+    tinies: list[bytes] = []
+    hashed: list[int] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        for path in paths:
+            data = read_file(path)
+            if data is None:
+                rows.append((None, None, None, None))
+                continue
+            sha1 = hashlib.sha1(data, usedforsecurity=False).hexdigest()
+            image = decode_bytes(data)[1] if data else None
+            if image is None:
+                try:
+                    image = load_image(path)
+                except ImageError:
+                    rows.append((sha1, None, None, None))
+                    continue
+            digest, _, working, _ = summarize_pixels(image)
+            hashed.append(len(rows))
+            rows.append((sha1, digest, None, None))
+            tinies.append(tiny_bytes(reduce_image(working)))
+    _, phash, flip = layout_batch(stack_tiny(tinies))
+    for k, i in enumerate(hashed):
+        rows[i] = (rows[i][0], rows[i][1], phash[k], flip[k])
+    return rows
 
 
 def default_workers() -> int:
@@ -265,6 +504,15 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def chunk_size(n_items: int, workers: int) -> int:
+    """Items per task for a pool: about eight tasks per worker, at most 64 items each.
+
+    Enough tasks that the workers finish together and progress stays smooth; enough items per
+    task that stacked numpy calls and inter-process messages are amortised.
+    """
+    return max(1, min(64, n_items // (max(1, workers) * 8)))
+
+
 def imap_ordered(func: Callable[[Any], Any], items: Sequence[Any], workers: int | None = None,
                  chunksize: int | None = None) -> Iterator[Any]:
     """``map(func, items)`` on a process pool, yielding results in input order as they come.
@@ -273,8 +521,7 @@ def imap_ordered(func: Callable[[Any], Any], items: Sequence[Any], workers: int 
         func: A picklable (module-level) function.
         items: Its arguments.
         workers: Processes; ``None`` = all cores; ``<= 1`` (or a single item) runs in this process.
-        chunksize: Items sent to a worker at once; default spreads the work into about eight
-            chunks per worker, at most 64 items each, so the progress stays smooth.
+        chunksize: Items sent to a worker at once; default :func:`chunk_size`.
 
     Yields:
         ``func(item)`` for each item, in order.
@@ -287,7 +534,7 @@ def imap_ordered(func: Callable[[Any], Any], items: Sequence[Any], workers: int 
     import multiprocessing
 
     if chunksize is None:
-        chunksize = max(1, min(64, len(items) // (n_workers * 8)))
+        chunksize = chunk_size(len(items), n_workers)
     with multiprocessing.get_context().Pool(n_workers) as pool:
         yield from pool.imap(func, items, chunksize=chunksize)
 
@@ -314,7 +561,11 @@ def image_hashes(paths: Iterable[str | os.PathLike[str]], root: str | os.PathLik
     names = [os.fspath(p) for p in paths]
     base = os.fspath(root) if root is not None else None
     full = [os.path.join(base, n) if base is not None else n for n in names]
-    rows = list(imap_ordered(_file_hashes, full, workers))
+    n_workers = default_workers() if workers is None else max(1, int(workers))
+    size = chunk_size(len(full), n_workers)
+    chunks = [full[i:i + size] for i in range(0, len(full), size)]
+    Image.preinit()  # the common format plugins, loaded once here rather than in every worker
+    rows = [row for part in imap_ordered(_hash_chunk, chunks, n_workers, chunksize=1) for row in part]
     return hashes_frame(names, rows)
 
 

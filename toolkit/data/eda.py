@@ -13,12 +13,23 @@
 * ``images.parquet``: the per-image table (size, format, mode, grayscale, channel means, the
   outlier features and score, unreadable reason).
 
-One pass: a worker process opens each file once for its header, hashes its bytes, decodes it
-once with :func:`toolkit.data.images.load_image` (so EDA sees the pixels training will see), and
-returns a small record (numbers and hashes; pixels only for the few thumbnails). Memory therefore
-grows with the number of images only by that record, and the duplicate search is sub-quadratic
-(see :func:`toolkit.clean.duplicates.duplicate_pairs`). Unreadable files are recorded with their
-reason and never stop the run.
+One pass: a worker process reads each file once, hashes its bytes, and decodes those bytes in
+memory with the loader's own rules (:func:`toolkit.clean.duplicates.decode_bytes`: the same
+pixels :func:`toolkit.data.images.load_image` gives, so EDA sees what training will see; an
+unusual file, e.g. multi-frame or corrupt, goes through ``load_image`` itself, which also names
+the reason of a failure). It returns a small record (numbers and hashes; pixels only for the few
+thumbnails). Memory therefore grows with the number of images only by that record, and the
+duplicate search is sub-quadratic (see :func:`toolkit.clean.duplicates.duplicate_pairs`).
+Unreadable files are recorded with their reason and never stop the run.
+
+Where the time goes: for the small images of typical competition sets the decode itself costs
+well under a millisecond, so everything else is kept to a few whole-array operations. Each
+image is packed into planes once (digest, grayscale test and statistics share them; a grey-
+looking image continues as one plane), then box-filtered to 32×32 by Pillow; a worker handles a
+chunk of images at a time, and the perceptual hashes, outlier features and the sums of small
+images are computed for the whole chunk in a few stacked numpy calls, in reused buffers (fresh
+memory costs a page fault per 4 KiB, more than the arithmetic on it). ``benchmarks/eda_bench.py``
+measures the pass against a bare decode of the same files.
 
 Dataset statistics (``stats``) are computed on every readable image downscaled (box filter, aspect
 kept) so that its long side is at most :data:`STATS_MAX_SIDE` = 256 pixels; smaller images are
@@ -67,12 +78,15 @@ a recipe uses them with ``[data] normalize = "dataset"`` and ``stats_file = "<ou
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import os
 import re
 import sys
+import threading
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -84,15 +98,23 @@ from PIL import Image
 from toolkit.clean.duplicates import (
     DEFAULT_NEAR_DISTANCE,
     _popcount,
+    chunk_size,
+    decode_bytes,
     default_workers,
     duplicate_groups,
     duplicate_pairs,
     hashes_frame,
     imap_ordered,
-    layout,
-    pixel_digest,
+    layout_batch,
+    planes,
+    read_file,
     reduce_image,
+    stack_tiny,
+    summarize_pixels,
+    tiny_bytes,
+    workspace,
 )
+from toolkit.data.images import load_image
 from toolkit.errors import DataError, ImageError, UsageError
 
 if TYPE_CHECKING:
@@ -217,107 +239,238 @@ def downscale_for_stats(image: Image.Image, max_side: int = STATS_MAX_SIDE) -> I
     return reduce_image(image, max_side)
 
 
-_LEVELS = np.arange(256, dtype=np.int64)
-
-
-_LUMA = np.array([0.299, 0.587, 0.114])
-_OPPONENT = np.array([[1.0, 0.5], [-1.0, 0.5], [0.0, -1.0]])
+# Sums of x² over n pixels stay below 2**32 while n * 255**2 does: then uint32 sums are exact
+# (with half the memory traffic of uint64). A 256 px long side means at most 65,536 pixels.
+_U32_PIXELS = (2**32 - 1) // (255 * 255)
+# Per image: (ok, reason, bytes, format, mode, frames, width, height, grayscale, sha1, pixel_hash).
+_ROW_KEYS = ("ok", "reason", "bytes", "format", "mode", "frames", "width", "height", "grayscale",
+             "sha1", "pixel_hash")
+_FEATURE_KEYS = ("colorfulness", "edge_density", "content_width", "content_height")
+# Planes up to this many pixels are summed per chunk in one go; bigger ones one by one.
+_BATCH_PIXELS = 4096
 
 
 def _luma(rgb: np.ndarray) -> np.ndarray:
     return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
 
 
-def _features(tiny: np.ndarray) -> dict[str, float]:
-    """Layout descriptors for the outlier score from the 32×32 box-filtered image (0..255).
+def _features(tiny: np.ndarray, grey: np.ndarray) -> np.ndarray:
+    """Layout descriptors for the outlier score from a stack of 32×32 box-filtered images.
 
-    Written with few, whole-array numpy calls: this runs once per image, where call overhead,
-    not arithmetic, is the cost.
+    Args:
+        tiny: ``B x 3 x 32 x 32`` float planes (0..255, whole numbers).
+        grey: ``B x 32 x 32`` luma of the same images (0..255), as the perceptual hash uses it.
+
+    Returns:
+        ``B x 4``: colourfulness, edge density, content width, content height (see
+        :data:`OUTLIER_FEATURES`). Whole-stack numpy calls with their stack-sized temporaries in
+        workspaces: per image, call overhead and page faults, not arithmetic, would be the cost.
     """
-    f = tiny.reshape(-1, 3) / 255.0
-    y = f @ _LUMA
+    b, side = grey.shape[0], grey.shape[1]
+    n = side * side
     # Hasler-Süsstrunk colourfulness from the opponent channels rg = R - G, yb = (R + G) / 2 - B.
-    opp = f @ _OPPONENT
-    m = opp.mean(axis=0)
-    v = np.maximum((opp * opp).mean(axis=0) - m * m, 0.0)
-    colorfulness = math.sqrt(v[0] + v[1]) + 0.3 * math.sqrt(m[0] * m[0] + m[1] * m[1])
-    side = tiny.shape[0]
-    y2 = y.reshape(side, side)
-    edges = np.abs(np.diff(y2, axis=1)).mean() + np.abs(np.diff(y2, axis=0)).mean()
-    # Content box: pixels that differ clearly from the typical border colour (the background of
-    # a sketch, a product shot, a scan). A photo fills its frame; a drawing or text often doesn't.
-    border = np.sort(np.concatenate([y2[0], y2[-1], y2[:, 0], y2[:, -1]]))
-    mask = np.abs(y2 - border[border.size // 2]) > 0.1
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    return {"colorfulness": float(colorfulness), "edge_density": float(edges),
-            "content_width": float((cols[-1] - cols[0] + 1) / side) if cols.size else 0.0,
-            "content_height": float((rows[-1] - rows[0] + 1) / side) if rows.size else 0.0}
+    flat = tiny.reshape(b, 3, n)
+    rg = np.subtract(flat[:, 0], flat[:, 1], out=workspace("feat_rg", (b, n), np.float64))
+    yb = np.add(flat[:, 0], flat[:, 1], out=workspace("feat_yb", (b, n), np.float64))
+    yb *= 0.5
+    yb -= flat[:, 2]
+    scale = 1.0 / (n * 255.0)
+    m_rg, m_yb = rg.sum(axis=1) * scale, yb.sum(axis=1) * scale
+    e_rg = np.einsum("ij,ij->i", rg, rg) * (scale / 255.0)
+    e_yb = np.einsum("ij,ij->i", yb, yb) * (scale / 255.0)
+    var = np.maximum(e_rg - m_rg * m_rg, 0.0) + np.maximum(e_yb - m_yb * m_yb, 0.0)
+    colorfulness = np.sqrt(var) + 0.3 * np.sqrt(m_rg * m_rg + m_yb * m_yb)
+    # Edge density: mean absolute luma step between horizontal, plus between vertical neighbours.
+    step = workspace("feat_step", (b, side, side - 1), np.float64)
+    across = np.abs(np.subtract(grey[:, :, 1:], grey[:, :, :-1], out=step), out=step).sum(axis=(1, 2))
+    step = workspace("feat_step", (b, side - 1, side), np.float64)
+    down = np.abs(np.subtract(grey[:, 1:], grey[:, :-1], out=step), out=step).sum(axis=(1, 2))
+    edges = (across + down) / (side * (side - 1) * 255.0)
+    # Content box: pixels that differ clearly (by a tenth of the range) from the typical border
+    # colour (the background of a sketch, a product shot, a scan). A photo fills its frame; a
+    # drawing or text often doesn't.
+    border = np.sort(np.concatenate([grey[:, 0], grey[:, -1], grey[:, :, 0], grey[:, :, -1]], axis=1), axis=1)
+    diff = workspace("feat_diff", grey.shape, np.float64)
+    mask = workspace("feat_mask", grey.shape, np.bool_)
+    np.subtract(grey, border[:, border.shape[1] // 2, None, None], out=diff)
+    np.greater(np.abs(diff, out=diff), 25.5, out=mask)
+
+    def extent(hit: np.ndarray) -> np.ndarray:  # B x side booleans -> share spanned by the hits
+        first = hit.argmax(axis=1)
+        last = side - 1 - hit[:, ::-1].argmax(axis=1)
+        return np.where(hit.any(axis=1), (last - first + 1) / side, 0.0)
+
+    return np.column_stack([colorfulness, edges, extent(mask.any(axis=1)), extent(mask.any(axis=2))])
 
 
-def _analyze(task: tuple[str, bool]) -> dict[str, Any]:
-    """Everything EDA needs from one file, computed from one decode. Runs in a worker process."""
-    import hashlib
-    import warnings
+def _plane_sums(band: bytes) -> tuple[int, int]:
+    """Exact sums of x and x² of one plane (integer accumulators; no plane-sized temporary)."""
+    x = np.frombuffer(band, np.uint8)
+    wide = np.uint32 if x.size <= _U32_PIXELS else np.uint64
+    return int(np.add.reduce(x, dtype=wide)), int(np.einsum("i,i->", x, x, dtype=wide, casting="unsafe"))
 
-    from toolkit.data.images import load_image
 
-    path, want_thumb = task
-    rec: dict[str, Any] = {"ok": False, "reason": None, "sha1": None}
+def _batched_sums(bands: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_plane_sums` of many small planes at once (sums of x and x², one entry per plane)."""
+    sizes = np.fromiter((len(b) for b in bands), np.int64, len(bands))
+    starts = np.zeros(len(bands), np.int64)
+    np.cumsum(sizes[:-1], out=starts[1:])
+    total = int(sizes.sum())
+    # Copied into a reused buffer: joining up to a few hundred KB afresh per chunk would map new
+    # memory (and fault on every page) each time.
+    joined = _join_buffer(total)
+    pos = 0
+    for band in bands:
+        joined[pos:pos + len(band)] = band
+        pos += len(band)
+    x = workspace("sums", (total,), np.uint32)
+    np.copyto(x, np.frombuffer(joined, np.uint8, count=total))
+    s = np.add.reduceat(x, starts)
+    return s, np.add.reduceat(np.multiply(x, x, out=x), starts)
+
+
+_JOIN = threading.local()
+
+
+def _join_buffer(size: int) -> bytearray:
+    buf = getattr(_JOIN, "buf", None)
+    if buf is None or len(buf) < size:
+        buf = bytearray(max(size, 1 << 16))
+        _JOIN.buf = buf
+    return buf
+
+
+def _header(data: bytes) -> tuple[str | None, str, int] | None:
+    """Format, mode and frames of a file whose pixels may not decode (a truncated file has them)."""
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except OSError:
-        data = None  # load_image below names the reason (missing, a folder, no permission)
-    if data:
-        rec["bytes"] = len(data)
-        rec["sha1"] = hashlib.sha1(data, usedforsecurity=False).hexdigest()
-        # The header from the bytes already in memory: no second trip to the file system. A
-        # file whose header parses but whose pixels don't (truncated) still has a format/mode.
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                with Image.open(io.BytesIO(data)) as im:
-                    rec.update(format=im.format, mode=im.mode, frames=int(getattr(im, "n_frames", 1)))
-        except Exception:  # not an image at all: load_image reports it
-            pass
-    try:
-        image = load_image(path)
-    except ImageError as e:
-        rec["reason"] = e.reason
-        return rec
-    except MemoryError:
-        rec["reason"] = "out of memory while decoding"
-        return rec
-    try:
-        return _measure(image, rec, want_thumb)
-    except Exception as e:  # an image that decodes but breaks a measurement must not stop the run
-        rec.update(ok=False, reason=f"analysis failed: {type(e).__name__}: {e}")
-        return rec
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as im:
+                return im.format, im.mode, int(getattr(im, "n_frames", 1))
+    except Exception:  # not an image at all: load_image reports it
+        return None
 
 
-def _measure(image: Image.Image, rec: dict[str, Any], want_thumb: bool) -> dict[str, Any]:
+def _measure(image: Image.Image, want_thumb: bool) -> tuple[tuple[Any, ...], list[bytes], bytes,
+                                                            tuple[Any, ...] | None]:
+    """Size, grayscale, pixel digest, planes for the statistics, 32×32 layout and thumbnail.
+
+    Returns:
+        ``((width, height, grey, digest), bands, tiny, thumb)``: ``bands`` are the planes of the
+        image reduced to :data:`STATS_MAX_SIDE` (one when the image is grey), ``thumb`` is None
+        unless wanted.
+    """
     width, height = image.size
-    pixels = np.asarray(image)
-    small = downscale_for_stats(image)
-    # Pillow's per-channel histogram of the reduced image gives exact integer sums of x and x².
-    hist = np.asarray(small.histogram(), dtype=np.int64).reshape(3, 256)
-    s = hist @ _LEVELS
-    s2 = hist @ (_LEVELS * _LEVELS)
-    # Equal channels imply equal histograms (box filtering treats channels alike), so the full
-    # comparison runs only for images that may be grey.
-    grey = bool((hist[0] == hist[1]).all() and (hist[1] == hist[2]).all()
-                and np.array_equal(pixels[..., 0], pixels[..., 1])
-                and np.array_equal(pixels[..., 1], pixels[..., 2]))
-    tiny, phash, phash_flip = layout(small)
-    rec.update(ok=True, width=width, height=height, grayscale=grey, pixel_hash=pixel_digest(pixels),
-               phash=phash, phash_flip=phash_flip, n=int(hist[0].sum()), s=s.tolist(), s2=s2.tolist())
-    rec.update(_features(tiny))
+    digest, grey, working, bands = summarize_pixels(image)
+    small = downscale_for_stats(working)
+    if small is not working:
+        bands = [small.tobytes()] if grey else planes(small)
+    thumb = None
     if want_thumb:
-        thumb = small.copy()
-        thumb.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BOX)
-        rec["thumb"] = (thumb.size, thumb.tobytes())
-    return rec
+        t = small.convert("RGB")  # a copy, also of an RGB image: thumbnail() works in place
+        t.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BOX)
+        thumb = (t.size, t.tobytes())
+    return (width, height, grey, digest), bands, tiny_bytes(small), thumb
+
+
+def _analyze_file(path: str, want_thumb: bool) -> tuple[tuple[Any, ...], list[bytes] | None, bytes | None,
+                                                         tuple[Any, ...] | None]:
+    """Everything EDA needs from one file, from one read and (nearly always) one decode.
+
+    Returns:
+        ``(row, bands, tiny, thumb)``: ``row`` follows ``_ROW_KEYS``; ``bands`` (planes for the
+        statistics), ``tiny`` (32×32 layout bytes) and ``thumb`` (``(size, RGB bytes)``) are None
+        when not made (unreadable file, or no thumbnail wanted).
+    """
+    data = read_file(path)  # None: load_image below names the reason (missing, a folder, ...)
+    n_bytes = sha1 = header = image = None
+    if data:
+        n_bytes = len(data)
+        sha1 = hashlib.sha1(data, usedforsecurity=False).hexdigest()
+        header, image = decode_bytes(data)
+    if image is None:
+        # The header from the bytes already in memory: a file whose header parses but whose
+        # pixels don't (truncated) still has a format/mode.
+        if data and header is None:
+            header = _header(data)
+        try:
+            image = load_image(path)
+        except (ImageError, MemoryError) as e:
+            reason = e.reason if isinstance(e, ImageError) else "out of memory while decoding"
+            return (False, reason, n_bytes, *(header or (None, None, None)), None, None, None, sha1, None), \
+                None, None, None
+    try:
+        (width, height, grey, digest), bands, tiny, thumb = _measure(image, want_thumb)
+    except Exception as e:  # an image that decodes but breaks a measurement must not stop the run
+        return (False, f"analysis failed: {type(e).__name__}: {e}", n_bytes, *(header or (None, None, None)),
+                None, None, None, sha1, None), None, None, None
+    return (True, None, n_bytes, *(header or (None, None, None)), width, height, grey, sha1, digest), \
+        bands, tiny, thumb
+
+
+def _analyze_chunk(tasks: Sequence[tuple[str, bool]]) -> dict[str, Any]:
+    """Analyse a chunk of files in one worker: per-file work, then whole-chunk numpy.
+
+    Returns:
+        Column lists for the chunk (``_ROW_KEYS``, ``phash``, ``phash_flip``), ``n``/``s``/``s2``
+        (int64 arrays, zeros for unreadable files) and the features (float arrays, NaN for
+        unreadable files), plus ``thumbs`` (position in the chunk → ``(size, RGB bytes)``).
+    """
+    size = len(tasks)
+    rows: list[tuple[Any, ...]] = []
+    n = np.zeros(size, np.int64)
+    s = np.zeros((size, 3), np.int64)
+    s2 = np.zeros((size, 3), np.int64)
+    tinies: list[bytes] = []
+    done: list[int] = []
+    thumbs: dict[int, tuple[Any, ...]] = {}
+    # Small planes are summed together at the end (one set of numpy calls for the chunk):
+    # where they go in ``s``, and which summed plane each entry takes.
+    small_bands: list[bytes] = []
+    small_rows: list[int] = []
+    small_src: list[int] = []
+    with warnings.catch_warnings():
+        # As load_image: an image over Pillow's pixel limit is an error, not a warning and a decode.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        for k, (path, want_thumb) in enumerate(tasks):
+            row, bands, tiny, thumb = _analyze_file(path, want_thumb)
+            rows.append(row)
+            if thumb is not None:
+                thumbs[k] = thumb
+            if bands is None:
+                continue
+            tinies.append(tiny)
+            done.append(k)
+            n[k] = len(bands[0])
+            if n[k] <= _BATCH_PIXELS:
+                first = len(small_bands)
+                small_bands += bands
+                small_rows += (k, k, k)
+                small_src += (first, first, first) if len(bands) == 1 else (first, first + 1, first + 2)
+            elif len(bands) == 1:  # grey: one plane stands for three equal ones
+                s[k], s2[k] = _plane_sums(bands[0])
+            else:
+                for c, band in enumerate(bands):
+                    s[k, c], s2[k, c] = _plane_sums(band)
+    if small_bands:
+        sums, squares = _batched_sums(small_bands)
+        where = (np.array(small_rows), np.tile(np.arange(3), len(small_rows) // 3))
+        s[where] = sums[small_src]
+        s2[where] = squares[small_src]
+    out: dict[str, Any] = {key: list(col) for key, col in zip(_ROW_KEYS, zip(*rows, strict=True), strict=True)}
+    phash: list[int | None] = [None] * size
+    flip: list[int | None] = [None] * size
+    feats = np.full((size, len(_FEATURE_KEYS)), np.nan)
+    tiny_stack = stack_tiny(tinies)
+    grey, ph, fl = layout_batch(tiny_stack)
+    for j, k in enumerate(done):
+        phash[k], flip[k] = ph[j], fl[j]
+    if done:
+        feats[done] = _features(tiny_stack, grey)
+    out.update(phash=phash, phash_flip=flip, n=n, s=s, s2=s2, thumbs=thumbs)
+    for j, key in enumerate(_FEATURE_KEYS):
+        out[key] = feats[:, j]
+    return out
 
 
 # --------------------------------------------------------------------------- helpers
@@ -430,9 +583,9 @@ class _Progress:
             self._bar.start()
         return self
 
-    def advance(self) -> None:
+    def advance(self, steps: int = 1) -> None:
         if self._bar is not None:
-            self._bar.advance(self._task)
+            self._bar.advance(self._task, steps)
 
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
@@ -515,45 +668,55 @@ def run_eda(manifest_df: pd.DataFrame, root: str | os.PathLike[str] | None = Non
 
     # ---- the one pass
     tasks = [(str(root_path / p), i in want) for i, p in enumerate(paths)]
-    columns: dict[str, list[Any]] = {k: [] for k in (
-        "ok", "reason", "bytes", "format", "mode", "frames", "width", "height", "grayscale",
-        "sha1", "pixel_hash", "phash", "phash_flip", "n", "s", "s2",
-        "colorfulness", "edge_density", "content_width", "content_height")}
+    size = chunk_size(len(tasks), n_workers)
+    chunks = [tasks[i:i + size] for i in range(0, len(tasks), size)]
+    columns: dict[str, list[Any]] = {k: [] for k in (*_ROW_KEYS, "phash", "phash_flip", "n", "s", "s2",
+                                                      *_FEATURE_KEYS)}
     thumb_pixels: dict[int, Image.Image] = {}
-    total_n = 0
-    total_s = [0, 0, 0]
-    total_s2 = [0, 0, 0]
-    class_acc: dict[str, list[Any]] = {}
     pass_start = time.perf_counter()
+    Image.preinit()  # the common format plugins, loaded once here rather than in every worker
     with _Progress(len(tasks), progress, "eda") as bar:
-        for i, rec in enumerate(imap_ordered(_analyze, tasks, n_workers)):
+        offset = 0
+        for part in imap_ordered(_analyze_chunk, chunks, n_workers, chunksize=1):
             for k, col in columns.items():
-                col.append(rec.get(k))
-            if rec["ok"]:
-                total_n += rec["n"]
-                acc = class_acc.setdefault(labels[i], [0, [0, 0, 0], [0, 0, 0]])
-                acc[0] += rec["n"]
-                for ch in range(3):
-                    total_s[ch] += rec["s"][ch]
-                    total_s2[ch] += rec["s2"][ch]
-                    acc[1][ch] += rec["s"][ch]
-                    acc[2][ch] += rec["s2"][ch]
-                if "thumb" in rec:
-                    size, data = rec["thumb"]
-                    thumb_pixels[i] = Image.frombytes("RGB", size, data)
-            bar.advance()
+                if isinstance(part[k], list):
+                    col.extend(part[k])
+                else:  # a numpy array per chunk, concatenated below
+                    col.append(part[k])
+            for k, (thumb_size, data) in part["thumbs"].items():
+                thumb_pixels[offset + k] = Image.frombytes("RGB", thumb_size, data)
+            offset += len(part["ok"])
+            bar.advance(len(part["ok"]))
+    ok = np.array(columns["ok"], dtype=bool)
+    n_arr = np.concatenate(columns["n"])
+    s_arr = np.concatenate(columns["s"])
+    s2_arr = np.concatenate(columns["s2"])
+    # Exact integer totals, overall and per class (int64 holds 2**31 images of 65,536 pixels).
+    class_names = sorted({labels[i] for i in np.flatnonzero(ok)})
+    code = {c: j for j, c in enumerate(class_names)}
+    codes = np.array([code.get(c, -1) for c in labels], dtype=np.int64)
+    acc_n = np.zeros(len(class_names), np.int64)
+    acc_s = np.zeros((len(class_names), 3), np.int64)
+    acc_s2 = np.zeros((len(class_names), 3), np.int64)
+    np.add.at(acc_n, codes[ok], n_arr[ok])
+    np.add.at(acc_s, codes[ok], s_arr[ok])
+    np.add.at(acc_s2, codes[ok], s2_arr[ok])
+    class_acc = {c: (int(acc_n[j]), [int(v) for v in acc_s[j]], [int(v) for v in acc_s2[j]])
+                 for j, c in enumerate(class_names)}
+    total_n = int(acc_n.sum())
+    total_s = [int(v) for v in acc_s.sum(axis=0)]
+    total_s2 = [int(v) for v in acc_s2.sum(axis=0)]
     pass_seconds = time.perf_counter() - pass_start
 
     # ---- per-image table
-    ok = np.array(columns["ok"], dtype=bool)
     images = pd.DataFrame({"path": paths, "label": labels if label else None})
     if groups is not None:
         images["group"] = [None if _is_missing(g) else str(g) for g in groups]
     for k in ("ok", "reason", "bytes", "format", "mode", "frames", "width", "height", "grayscale"):
         images[k] = columns[k]
-    n_pix = np.array([v if v else 0 for v in columns["n"]], dtype=np.float64)
-    s = np.array([v if v else [0, 0, 0] for v in columns["s"]], dtype=np.float64)
-    s2 = np.array([v if v else [0, 0, 0] for v in columns["s2"]], dtype=np.float64)
+    n_pix = n_arr.astype(np.float64)
+    s = s_arr.astype(np.float64)
+    s2 = s2_arr.astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         means = s / n_pix[:, None] / 255.0
         stds = np.sqrt(np.maximum(s2 / n_pix[:, None] / 65025.0 - means**2, 0.0))
@@ -562,8 +725,8 @@ def run_eda(manifest_df: pd.DataFrame, root: str | os.PathLike[str] | None = Non
         images[f"std_{name}"] = np.where(ok, stds[:, ch], np.nan)
     images["brightness"] = np.where(ok, _luma(means), np.nan)
     images["contrast"] = np.where(ok, stds.mean(axis=1), np.nan)
-    for k in ("colorfulness", "edge_density", "content_width", "content_height"):
-        images[k] = pd.array([np.nan if v is None else v for v in columns[k]], dtype="float64")
+    for k in _FEATURE_KEYS:
+        images[k] = np.concatenate(columns[k])
     width = images["width"].astype("float64").to_numpy()
     height = images["height"].astype("float64").to_numpy()
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -809,8 +972,6 @@ def _knn_distance(q: np.ndarray, ref: np.ndarray, q_ids: np.ndarray, ref_ids: np
 
 
 def _safe_load(path: Path) -> Image.Image | None:
-    from toolkit.data.images import load_image
-
     try:
         image = load_image(path)
     except ImageError:
