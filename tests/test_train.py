@@ -21,7 +21,7 @@ from toolkit.config import load_recipe
 from toolkit.errors import ToolkitError, TrainingError
 
 REPO = Path(__file__).resolve().parents[1]
-VOLATILE = ("seconds", "train_img_s")
+VOLATILE = ("seconds", "train_img_s", "train_s", "data_wait_s")
 
 
 @pytest.fixture(scope="module")

@@ -387,7 +387,8 @@ class Trainer:
             improved = progress.best is None or _better(tcfg.metric, score, progress.best)
             row = {"fold": k, "epoch": epoch, "train_loss": train_loss, **_flat("", val["metrics"]),
                    "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
-                   "train_img_s": seen / max(train_s, 1e-9), "best": improved}
+                   "train_img_s": seen / max(train_s, 1e-9), "train_s": train_s, "data_wait_s": self.data_wait,
+                   "best": improved}
             row.update({f"recall_{c}": v for c, v in val["metrics"].get("per_class_recall", {}).items()})
             progress.epoch = epoch
             progress.history.append(row)
@@ -488,7 +489,10 @@ class Trainer:
         bar = _Progress(self.progress, accelerator, f"fold {k} epoch {epoch + 1}/{tcfg.epochs}", len(loader),
                         tcfg.log_every)
         t0 = time.perf_counter()
+        self.data_wait = 0.0  # seconds spent waiting for batches: the loader's share of the epoch
+        waited = time.perf_counter()
         for step, (images, targets, _) in enumerate(loader):
+            self.data_wait += time.perf_counter() - waited
             if self.recipe.model.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             if self.mixup is not None:
@@ -516,6 +520,7 @@ class Trainer:
             count += n
             seen += n * accelerator.num_processes
             bar.update(loss=total / max(count, 1), img_s=seen / max(time.perf_counter() - t0, 1e-9))
+            waited = time.perf_counter()
         bar.close()
         mean_loss = torch.tensor([total, count], device=accelerator.device, dtype=torch.float64)
         mean_loss = accelerator.reduce(mean_loss, reduction="sum")
