@@ -36,3 +36,14 @@ def _isolated_dirs(tmp_path_factory, monkeypatch):
     """Keep runs and caches of every test out of the user's folders."""
     monkeypatch.setenv("CLSCTL_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
     monkeypatch.setenv("CLSCTL_RUNS", str(tmp_path_factory.getbasetemp() / "runs"))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and a second thread stalls when other jobs share the cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -6,8 +6,7 @@ names, add them to ``_EXPORTS`` (name → defining module).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from toolkit._lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     # duplicates
@@ -23,14 +22,4 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # cache: later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
