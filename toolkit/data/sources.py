@@ -141,6 +141,15 @@ def _examples(items: Sequence[str], limit: int = _MAX_LISTED) -> str:
     return shown + (f" … and {more} more" if more > 0 else "")
 
 
+def _list_images(root: Path, exts: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """Images and other files under ``root``; no image at all is an error naming what was found."""
+    images, others = _split_images(_walk(root), exts)
+    if not images:
+        raise DataError(f"no images under {root} (found {_suffix_summary(others)})",
+                        f"check data.root and data.extensions (now {', '.join(exts)})")
+    return images, others
+
+
 def _finish(df: pd.DataFrame, root: Path, source: str) -> pd.DataFrame:
     df = df.reset_index(drop=True)
     df.attrs["root"] = str(root)
@@ -454,11 +463,7 @@ def manifest_from_pattern(
                         "rename that group")
     _check_root_dir(root_path)
 
-    files = _walk(root_path)
-    images, others = _split_images(files, exts)
-    if not images:
-        raise DataError(f"no images under {root_path} (found {_suffix_summary(others)})",
-                        f"check data.root and data.extensions (now {', '.join(exts)})")
+    images, others = _list_images(root_path, exts)
 
     names = list(regex.groupindex)
     rows: dict[str, list[str | None]] = {n: [] for n in names}
@@ -515,11 +520,7 @@ def manifest_from_unlabeled(
     exts = _normalize_extensions(extensions)
     root_path = _abs_root(root)
     _check_root_dir(root_path)
-    files = _walk(root_path)
-    images, others = _split_images(files, exts)
-    if not images:
-        raise DataError(f"no images under {root_path} (found {_suffix_summary(others)})",
-                        f"check data.root and data.extensions (now {', '.join(exts)})")
+    images, others = _list_images(root_path, exts)
     df = _finish(pd.DataFrame({"path": images}), root_path, "unlabeled")
     df.attrs["skipped_files"] = len(others)
     return df
