@@ -21,9 +21,10 @@ def _png(path, w, h, value=None, seed=0):
     return path
 
 
-def test_hit_miss_and_invalidation(tmp_path):
+@pytest.mark.parametrize("ram_mb", [0, 16])
+def test_hit_miss_and_invalidation(tmp_path, ram_mb):
     src = _png(tmp_path / "a.png", 40, 30)
-    cache = DecodedImageCache(tmp_path / "cache", short_side=64)
+    cache = DecodedImageCache(tmp_path / "cache", short_side=64, ram_mb=ram_mb)
     first = cache.load(src)
     assert (cache.hits, cache.misses) == (0, 1)
     np.testing.assert_array_equal(first, load_image_array(src))  # smaller than 64: stored as is
@@ -83,3 +84,20 @@ def test_concurrent_writers_agree(tmp_path, workers):
     for path, arr in zip(paths * 3, results, strict=True):
         np.testing.assert_array_equal(arr, cache.decode(path))
     assert not list((tmp_path / "cache").rglob(".*.tmp"))
+
+
+def test_memory_tier_skips_the_disk_and_keeps_to_its_budget(tmp_path):
+    srcs = [_png(tmp_path / f"{i}.png", 40, 30, value=i) for i in range(4)]
+    one = 40 * 30 * 3
+    cache = DecodedImageCache(tmp_path / "cache", short_side=64, ram_mb=2.5 * one / 2**20)  # room for two
+    for src in srcs:
+        cache.load(src)
+    assert cache.ram_bytes == 2 * one and cache.misses == 4
+    for entry in (tmp_path / "cache").rglob("*.npy"):
+        entry.unlink()  # only the two held in memory can still be served without a decode
+    for src in srcs[:2]:
+        held = cache.load(src)
+        assert not held.flags.writeable and (held == int(src.stem)).all()
+    assert cache.misses == 4
+    cache.load(srcs[3])
+    assert cache.misses == 5

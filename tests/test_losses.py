@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from toolkit.config.schema import LossComponent, LossConfig
 from toolkit.errors import DataError, RecipeError, UsageError
 from toolkit.train.losses import (
+    CrossEntropyLoss,
     class_weights,
     create_loss,
     list_losses,
@@ -73,9 +74,9 @@ def py_mean_loss(terms: list[list[float]]) -> float:
 
 
 def py_weighted_loss(terms: list[list[float]], targets: list[list[float]], w: list[float]) -> float:
-    num = sum(w[c] * row[c] for row in terms for c in range(len(w)))
-    den = sum(w[c] * t[c] for t in targets for c in range(len(w)))
-    return num / den
+    """Sample-weighted mean: sample n weighs Σ_c w_c·y_nc, y its target before smoothing."""
+    s = [sum(w[c] * t[c] for c in range(len(w))) for t in targets]
+    return sum(sn * sum(row) for sn, row in zip(s, terms, strict=True)) / sum(s)
 
 
 def py_soft_f1(rows: list[list[float]], targets: list[list[float]], eps: float = 1e-7) -> float:
@@ -163,10 +164,11 @@ def test_empty_class_is_a_data_error():
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 def test_weighted_ce_inverse(smoothing):
     t = py_targets(HARD, 3, smoothing)
-    expected = py_weighted_loss(py_terms(LOGITS, t), t, INVERSE)
+    expected = py_weighted_loss(py_terms(LOGITS, t), ONE_HOT, INVERSE)  # weights from the unsmoothed label
     loss = create_loss(LossConfig(name="weighted_ce", class_weights="inverse", label_smoothing=smoothing), COUNTS)
     assert value(loss, hard()) == pytest.approx(expected, rel=1e-6)
-    assert value(loss, soft(t)) == pytest.approx(expected, rel=1e-6)
+    # soft targets are taken as given: their own mass decides the sample weight
+    assert value(loss, soft(t)) == pytest.approx(py_weighted_loss(py_terms(LOGITS, t), t, INVERSE), rel=1e-6)
     if smoothing == 0.0:
         # hand form: (w0·ℓ0 + w2·ℓ1) / (w0 + w2), which is torch's own weighted mean
         l0, l1 = -py_log_softmax(LOGITS[0])[0], -py_log_softmax(LOGITS[1])[2]
@@ -181,7 +183,7 @@ def test_weighted_ce_effective_on_soft_targets():
     loss = create_loss(LossConfig(name="weighted_ce", class_weights="effective", effective_beta=0.9), COUNTS)
     assert value(loss, soft(SOFT)) == pytest.approx(expected, rel=1e-6)
     t = py_targets(HARD, 3, 0.1)
-    assert value(loss, hard()) == pytest.approx(py_weighted_loss(py_terms(LOGITS, t), t, w), rel=1e-6)
+    assert value(loss, hard()) == pytest.approx(py_weighted_loss(py_terms(LOGITS, t), ONE_HOT, w), rel=1e-6)
 
 
 def test_weighted_ce_defaults_to_inverse_and_ce_takes_weights():
@@ -231,10 +233,20 @@ def test_focal_gamma2_fixed_example():
 
 def test_focal_with_class_weights_and_smoothing():
     t = py_targets(HARD, 3, 0.1)
-    expected = py_weighted_loss(py_terms(LOGITS, t, gamma=2.0), t, INVERSE)
+    expected = py_weighted_loss(py_terms(LOGITS, t, gamma=2.0), ONE_HOT, INVERSE)
     loss = create_loss(LossConfig(name="focal", gamma=2.0, class_weights="inverse", label_smoothing=0.1), COUNTS)
     assert value(loss, hard()) == pytest.approx(expected, rel=1e-6)
-    assert value(loss, soft(t)) == pytest.approx(expected, rel=1e-6)
+    assert value(loss, soft(t)) == pytest.approx(py_weighted_loss(py_terms(LOGITS, t, gamma=2.0), t, INVERSE), rel=1e-6)
+
+
+def test_smoothing_does_not_pull_every_sample_towards_the_heavy_class():
+    # Every sample is of the light class 0 and the model predicts it; the rare class 2 weighs 25x.
+    weighted = CrossEntropyLoss(label_smoothing=0.1, weight=torch.tensor([0.1, 0.4, 2.5]))
+    z = torch.zeros(8, 3, requires_grad=True)
+    weighted(z, torch.zeros(8, dtype=torch.long)).backward()
+    # The gradient raises the true class and lowers both others equally: no pull towards class 2.
+    g = z.grad[0]
+    assert g[0] < 0 and g[1] == pytest.approx(float(g[2]), abs=1e-7)
 
 
 # --- soft F1 ---------------------------------------------------------------------------------------

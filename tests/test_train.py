@@ -77,6 +77,16 @@ def test_one_epoch_writes_every_artifact(images, tmp_path):
             assert (fold / name).is_file(), (k, name)
         assert not any(p.name.startswith(".") for p in fold.iterdir())
 
+    # The built pipelines are saved in albumentations' serialization and rebuild to the same eval pixels.
+    from toolkit.data.transforms import build_transform, load_pipeline
+
+    record = json.loads((run_dir / "transforms.json").read_text())
+    rebuilt = load_pipeline(run_dir / "transforms.json", "eval")
+    fresh = build_transform(load_recipe(recipe), train=False, mean=record["mean"], std=record["std"])
+    pixels = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    assert torch.equal(rebuilt(image=pixels)["image"], fresh(image=pixels)["image"])
+    assert record["train"]["transform"]["transforms"]  # the train steps are listed too
+
     # The best checkpoint loads straight into timm, as the docs promise.
     import timm
 

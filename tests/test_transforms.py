@@ -15,6 +15,8 @@ from toolkit.data.transforms import (
     IMAGENET_STD,
     build_transform,
     list_presets,
+    load_pipeline,
+    pipeline_record,
     transform_from_spec,
 )
 from toolkit.errors import RecipeError
@@ -43,6 +45,7 @@ def test_every_preset_runs_on_every_mode(tmp_path, preset):
     evaluate = build_transform(recipe, train=False, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     for mode in MODES:
         array = load_image_array(_image(tmp_path / f"img_{mode.replace(';', '')}", mode))
+        array.flags.writeable = False  # as served by the decoded cache's in-memory tier
         for tf in (train, evaluate):
             out = tf(image=array)["image"]
             assert out.shape == (3, 24, 24) and out.dtype == torch.float32 and torch.isfinite(out).all(), (preset, mode)
@@ -86,15 +89,18 @@ def test_letterbox_keeps_aspect_with_padding():
     assert (out[20] == 255).all() and (out[0] == 0).all()  # the middle rows hold the image, top/bottom padding
 
 
-def test_dataset_augmentation_is_seeded_by_epoch_and_index(tmp_path):
+@pytest.mark.parametrize("extra", [[], ['aug.randaugment="rand-m9-n3-mstd0.5"']])
+def test_dataset_augmentation_is_seeded_by_epoch_and_index(tmp_path, extra):
     paths = [str(_image(tmp_path / f"{i}", "RGB")) for i in range(3)]
-    recipe = load_recipe(None, ['aug.preset="medium"', "data.image_size=24"])
+    recipe = load_recipe(None, ['aug.preset="medium"', "data.image_size=24", *extra])
 
     def dataset():
         return ImageDataset(paths, np.arange(3), build_transform(recipe, train=True, mean=IMAGENET_MEAN, std=IMAGENET_STD), seed=5)
 
     a, b = dataset(), dataset()
-    assert torch.equal(a[1][0], b[1][0])
+    first = a[1][0]
+    a[0], a[2], np.random.rand(), __import__("random").random()  # other draws in between change nothing
+    assert torch.equal(first, a[1][0]) and torch.equal(first, b[1][0])
     b.set_epoch(1)
     assert not torch.equal(a[1][0], b[1][0])
     assert a[2][1].item() == 2 and a[2][2] == 2
@@ -114,3 +120,27 @@ def test_aug_preview_writes_a_grid(tmp_path):
     assert run(["aug", "preview", str(root), "--set", "data.image_size=32", "--n", "4", "--views", "3", "--out", str(out)]) == 0
     grid = Image.open(out)
     assert grid.size == (4 + 4 * 36, 4 + 4 * 50)  # 4 columns (eval + 3 views) × 4 rows of 32-px cells
+
+
+@pytest.mark.parametrize("overrides", [
+    ['aug.preset="medium"', 'aug.resize="random_resized_crop"'],
+    ['aug.preset="sketch"', 'aug.randaugment="rand-m9-mstd0.5"'],
+    ['aug.preset="face"', 'aug.transforms=[{name="CLAHE", p=0.3}]'],
+])
+def test_saved_pipeline_rebuilds_identically(tmp_path, overrides):
+    import json
+    import random
+
+    recipe = load_recipe(None, ["data.image_size=48", *overrides])
+    record = json.loads(json.dumps(pipeline_record(recipe, mean=IMAGENET_MEAN, std=IMAGENET_STD)))  # via JSON
+    (tmp_path / "transforms.json").write_text(json.dumps(record))
+    image = np.random.default_rng(1).integers(0, 255, (60, 70, 3), dtype=np.uint8)
+    for which in ("train", "eval"):
+        fresh = build_transform(recipe, train=which == "train", mean=IMAGENET_MEAN, std=IMAGENET_STD)
+        rebuilt = load_pipeline(tmp_path / "transforms.json", which)
+        outs = []
+        for pipeline in (fresh, rebuilt):
+            pipeline.set_random_seed(7)
+            random.seed(7)  # timm's policies draw from Python's random
+            outs.append(pipeline(image=image)["image"])
+        assert torch.equal(outs[0], outs[1]), which

@@ -42,6 +42,7 @@ class DataConfig:
     stats_file: str | None = _f(None, "eda.json whose mean/std `normalize = \"dataset\"` uses", path=True)
     num_workers: int | None = _f(None, "DataLoader workers; unset = the cores per process on GPU, none on small CPUs (they would stall the model's threads)")
     cache: bool = _f(True, "decode each image once into an on-disk cache, downscaled to the largest size the recipe needs")
+    cache_ram_mb: int = _f(2048, "decoded images also kept in memory, per process, up to this many MiB (0 = read the disk cache every time)")
     cache_dir: str | None = _f(None, "where the decoded cache lives; unset = $CLSCTL_CACHE/decoded (~/.cache/clsctl/decoded)", path=True)
 
 
@@ -94,7 +95,7 @@ class ModelConfig:
     in_chans: int = _f(3, "input channels")
     drop_rate: float = _f(0.0, "dropout before the classifier")
     drop_path_rate: float | None = _f(None, "stochastic depth rate (models that support it)")
-    channels_last: bool = _f(False, "use channels-last memory format (faster on tensor cores)")
+    channels_last: bool = _f(True, "channels-last memory format: 1.1-1.9x faster convolutions on CPU (oneDNN) and on tensor cores")
     compile: bool = _f(False, "wrap the model in torch.compile")
     kwargs: dict[str, Any] = _f(dict, "passed to timm.create_model untouched", factory=True)
 

@@ -5,7 +5,9 @@ instead of one per epoch. Entries are ``.npy`` arrays, downscaled (never upscale
 their shorter side is the largest the recipe needs, and keyed by the source file's resolved path,
 size and modification time together with that side: editing or replacing a file invalidates its entry
 without any bookkeeping. Concurrent writers (DataLoader workers, DDP ranks, parallel runs) are safe:
-each entry is written to a temporary file and moved into place.
+each entry is written to a temporary file and moved into place. Entries read once are also kept in
+memory, up to ``data.cache_ram_mb`` per process, so later epochs skip even the file read (a changed
+file is still noticed: the in-memory copy is checked against the file's size and modification time).
 
 Training and prediction read images through the same :func:`make_image_loader`, so the pixels a model
 is evaluated on come from exactly the same decode and downscale it was trained on.
@@ -44,16 +46,23 @@ def needed_short_side(recipe: Recipe) -> int:
 class DecodedImageCache:
     """Decoded, downscaled images as ``.npy`` files under ``root/<side>/``."""
 
-    def __init__(self, root: str | os.PathLike[str], short_side: int) -> None:
+    def __init__(self, root: str | os.PathLike[str], short_side: int, ram_mb: float = 0) -> None:
         self.root = Path(root) / f"s{short_side}"
         self.short_side = short_side
         self.hits = 0
         self.misses = 0
+        # In-process tier: arrays already read, by (path, size, mtime) so an edited file still misses.
+        self.ram_budget = int(ram_mb * 2**20)
+        self.ram_bytes = 0
+        self._ram: dict[str, tuple[int, int, np.ndarray]] = {}
 
     def entry(self, path: str | os.PathLike[str]) -> Path:
         """Where the cached array of ``path`` lives; changes whenever the file does."""
         real = os.path.realpath(path)
         st = os.stat(real)
+        return self._entry(real, st)
+
+    def _entry(self, real: str, st: os.stat_result) -> Path:
         key = hashlib.blake2b(f"{real}\0{st.st_size}\0{st.st_mtime_ns}".encode(), digest_size=16).hexdigest()
         return self.root / key[:2] / f"{key}.npy"
 
@@ -72,16 +81,27 @@ class DecodedImageCache:
         return np.asarray(image)
 
     def load(self, path: str | os.PathLike[str]) -> np.ndarray:
-        """The cached array of ``path``, decoding and storing it on a miss."""
-        entry = self.entry(path)
+        """The cached array of ``path``, decoding and storing it on a miss.
+
+        Arrays are shared with the in-memory tier: treat them as read-only.
+        """
+        name = os.fspath(path)
+        st = os.stat(name)
+        held = self._ram.get(name)
+        if held is not None and held[0] == st.st_size and held[1] == st.st_mtime_ns:
+            self.hits += 1
+            return held[2]
+        entry = self._entry(os.path.realpath(name), st)
         try:
             array = np.load(entry, allow_pickle=False)
             self.hits += 1
+            self._keep(name, st, array)
             return array
         except (FileNotFoundError, ValueError, EOFError, OSError):
             pass  # missing, or torn by a crash: rebuild it
         array = self.decode(path)
         self.misses += 1
+        self._keep(name, st, array)
         entry.parent.mkdir(parents=True, exist_ok=True)
         tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
         try:
@@ -93,6 +113,15 @@ class DecodedImageCache:
             tmp.unlink(missing_ok=True)
         return array
 
+    def _keep(self, name: str, st: os.stat_result, array: np.ndarray) -> None:
+        old = self._ram.pop(name, None)
+        if old is not None:
+            self.ram_bytes -= old[2].nbytes
+        if self.ram_bytes + array.nbytes <= self.ram_budget:
+            array.flags.writeable = False  # one copy serves every epoch; a transform must not edit it
+            self._ram[name] = (st.st_size, st.st_mtime_ns, array)
+            self.ram_bytes += array.nbytes
+
     __call__ = load
 
 
@@ -101,4 +130,4 @@ def make_image_loader(recipe: Recipe) -> Callable[[str], np.ndarray]:
     if not recipe.data.cache:
         return load_image_array
     root = Path(recipe.data.cache_dir) if recipe.data.cache_dir else default_cache_root()
-    return DecodedImageCache(root, needed_short_side(recipe))
+    return DecodedImageCache(root, needed_short_side(recipe), recipe.data.cache_ram_mb)

@@ -173,7 +173,11 @@ def _timm_auto_augment(spec: str, size: int, mean: Sequence[float]) -> Any:
                           'e.g. "rand-m9-mstd0.5-inc1", "original", "augmix-m5-w4-d2"') from None
 
     def apply(image: Any, **_: Any) -> Any:
-        # timm's policies draw from Python's `random`, which the dataset seeds per sample.
+        # timm's policies draw from Python's `random` (seeded per sample by the dataset) and from numpy's
+        # global generator (RandAugment picks its ops there): seed the latter from the former.
+        import random
+
+        np.random.seed(random.getrandbits(32))
         return np.asarray(policy(Image.fromarray(image)))
 
     return A.Lambda(image=apply, name=f"timm:{spec}")
@@ -231,3 +235,65 @@ def build_transform(recipe: Recipe, *, train: bool, mean: Sequence[float], std: 
 def validate_aug(recipe: Recipe) -> None:
     """Build the train pipeline once so a bad preset or transform fails before any data is read."""
     build_transform(recipe, train=True, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+
+def pipeline_record(recipe: Recipe, *, mean: Sequence[float], std: Sequence[float]) -> dict[str, Any]:
+    """Both built pipelines in albumentations' own serialization, for ``transforms.json`` in a run.
+
+    ``load_pipeline`` rebuilds them without the recipe; timm policies are stored by their spec string.
+    """
+    import albumentations as A
+
+    return {"format": 1, "mean": [float(m) for m in mean], "std": [float(s) for s in std],
+            "train": A.to_dict(build_transform(recipe, train=True, mean=mean, std=std)),
+            "eval": A.to_dict(build_transform(recipe, train=False, mean=mean, std=std))}
+
+
+def _lambda_names(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        found = [node["__name__"]] if node.get("__class_fullname__") == "Lambda" and "__name__" in node else []
+        return found + [n for v in node.values() for n in _lambda_names(v)]
+    if isinstance(node, list):
+        return [n for v in node for n in _lambda_names(v)]
+    return []
+
+
+def _first_size(node: Any) -> int | None:
+    if isinstance(node, dict):
+        for key in ("size", "height", "max_size"):
+            value = node.get(key)
+            if isinstance(value, int):
+                return value
+            if isinstance(value, list | tuple) and value and isinstance(value[0], int):
+                return int(value[0])
+        for v in node.values():
+            found = _first_size(v)
+            if found:
+                return found
+    if isinstance(node, list):
+        for v in node:
+            found = _first_size(v)
+            if found:
+                return found
+    return None
+
+
+def load_pipeline(record: dict[str, Any] | str | Path, which: str = "eval") -> Any:
+    """Rebuild the ``train`` or ``eval`` pipeline saved by ``pipeline_record`` (a dict or a path to it)."""
+    import albumentations as A
+
+    if not isinstance(record, dict):
+        path = Path(record)
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise DataError(f"cannot read the saved pipeline {path} ({exc})", "the run folder is incomplete; re-train") from None
+    if which not in ("train", "eval"):
+        raise ValueError(f"which must be 'train' or 'eval', not {which!r}")
+    tree = record[which]
+    extra = {}
+    for name in _lambda_names(tree):
+        if not name.startswith("timm:"):
+            raise DataError(f"saved pipeline step `{name}` cannot be rebuilt", "rebuild it from the run's recipe")
+        extra[name] = _timm_auto_augment(name[len("timm:"):], _first_size(tree) or 224, record["mean"])
+    return A.from_dict(tree, nonserializable=extra or None)

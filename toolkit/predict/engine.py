@@ -241,7 +241,7 @@ class ViewDataset(torch.utils.data.Dataset):
             copies = []
             for p in range(pipe.passes):
                 seed = int(np.random.SeedSequence([self.seed, p, tag]).generate_state(1)[0])
-                transform.set_random_seed(seed)
+                transform.set_random_state(np.random.default_rng(seed), random.Random(seed))  # as in training
                 random.seed(seed)  # timm's RandAugment draws from Python's generator
                 copies.append(transform(image=image)["image"])
             out[pipe.key] = torch.stack(copies)

@@ -10,11 +10,15 @@ Conventions shared by all losses:
   distribution ``t = (1 - ε)·onehot(y) + ε/C``. Soft targets are used as given: timm's
   ``Mixup`` already smooths the targets it mixes, and smoothing them twice would be wrong, so
   a trainer that turns MixUp/CutMix on passes ``label_smoothing`` to ``Mixup`` instead.
-* **Class weights** (``loss.class_weights``) multiply each class's term ``t_c·ℓ_c`` by ``w_c``
-  (weights computed from training counts, normalized to average 1 over the classes). The batch
-  reduction is then the *weighted* mean ``Σ_n Σ_c w_c t_nc ℓ_nc / Σ_n Σ_c w_c t_nc``: for hard
-  targets without smoothing that is exactly ``F.cross_entropy(weight=w)``, and it reads the
-  same for soft targets (a sample's weight is the target-weighted mean of its classes' weights).
+* **Class weights** (``loss.class_weights``; computed from training counts, normalized to average
+  1 over the classes) weight *samples*: sample n weighs ``s_n = Σ_c w_c y_nc`` with ``y`` its
+  target before smoothing (one-hot, or the soft target as given), and the batch reduction is the
+  weighted mean ``Σ_n s_n Σ_c t_nc ℓ_nc / Σ_n s_n``. For hard targets without smoothing that is
+  exactly ``F.cross_entropy(weight=w)``. With smoothing it is not, on purpose: weighting each
+  class's term (as ``F.cross_entropy(weight=w, label_smoothing=ε)`` does) rewards putting
+  probability on heavily weighted classes for *every* sample — with a 3 % class weighted ~25×
+  and ε = 0.1, its ε/C share of every sample's target pulls almost as hard as the true label and
+  the model predicts the rare class everywhere (seen on facemask-3class: accuracy 0.39).
   Without weights the reduction is the plain mean over samples.
 * Computation runs in float32 whatever the logits' dtype, so mixed precision does not
   underflow the log-probabilities.
@@ -115,12 +119,17 @@ def _weight_on(weight: Tensor | None, logits: Tensor) -> Tensor | None:
     return weight.to(logits.device)
 
 
-def _reduce(terms: Tensor, t: Tensor, weight: Tensor | None) -> Tensor:
+def _reduce(terms: Tensor, target: Tensor, weight: Tensor | None) -> Tensor:
     """Reduce per-class terms ``t_nc·ℓ_nc`` ``[N, C]`` to a scalar (see the module docstring)."""
+    per_sample = terms.sum(dim=1)
     if weight is None:
-        return terms.sum(dim=1).mean()
+        return per_sample.mean()
+    if target.is_floating_point():
+        s = target.float() @ weight
+    else:
+        s = weight[target.long()]
     # Guard the denominator only against an all-zero target batch; it is ≥ min(w) otherwise.
-    return (terms * weight).sum() / (t * weight).sum().clamp_min(torch.finfo(torch.float32).tiny)
+    return (per_sample * s).sum() / s.sum().clamp_min(torch.finfo(torch.float32).tiny)
 
 
 # --------------------------------------------------------------------------------------------
@@ -151,7 +160,7 @@ class CrossEntropyLoss(nn.Module):
             # Fused path for the common case; the same value as the explicit formula below.
             return F.cross_entropy(logits, target.long(), label_smoothing=self.label_smoothing)
         t = _target_matrix(target, logits.shape[1], self.label_smoothing)
-        return _reduce(-t * F.log_softmax(logits, dim=1), t, weight)
+        return _reduce(-t * F.log_softmax(logits, dim=1), target, weight)
 
     def extra_repr(self) -> str:
         return f"label_smoothing={self.label_smoothing}, weighted={self.weight is not None}"
@@ -189,7 +198,7 @@ class FocalLoss(nn.Module):
             # gradient of x**γ finite at x = 0 when γ < 1 (a saturated logit gives p == 1).
             one_minus_p = (-torch.expm1(logp)).clamp_min(1e-12)
             terms = terms * one_minus_p.pow(self.gamma)
-        loss = _reduce(terms, t, weight)
+        loss = _reduce(terms, target, weight)
         return loss * self.alpha if self.alpha is not None else loss
 
     def extra_repr(self) -> str:

@@ -303,6 +303,10 @@ class Trainer:
         if recipe.model.channels_last:
             model = model.to(memory_format=torch.channels_last)
         train_rows, val_rows, train_dl, val_dl = self._loaders(k)
+        if accelerator.is_main_process and not run.file("transforms.json").is_file():
+            from toolkit.data.transforms import pipeline_record
+
+            run.write_json("transforms.json", pipeline_record(recipe, mean=self.mean, std=self.std))
         self.mixup = None
         loss_cfg = recipe.loss
         if recipe.aug.mixup_alpha > 0 or recipe.aug.cutmix_alpha > 0:
