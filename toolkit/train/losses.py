@@ -124,10 +124,7 @@ def _reduce(terms: Tensor, target: Tensor, weight: Tensor | None) -> Tensor:
     per_sample = terms.sum(dim=1)
     if weight is None:
         return per_sample.mean()
-    if target.is_floating_point():
-        s = target.float() @ weight
-    else:
-        s = weight[target.long()]
+    s = target.float() @ weight if target.is_floating_point() else weight[target.long()]
     # Guard the denominator only against an all-zero target batch; it is ≥ min(w) otherwise.
     return (per_sample * s).sum() / s.sum().clamp_min(torch.finfo(torch.float32).tiny)
 
