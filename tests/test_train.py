@@ -319,7 +319,8 @@ def test_default_loader_workers(monkeypatch):
     from toolkit.train.trainer import _num_workers
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(2)))
-    assert _num_workers(None, 1, on_gpu=False) == 0  # small CPU: decode in-process
+    assert _num_workers(None, 1, on_gpu=False) == 1  # small CPU: one worker augments beside the model
+    assert _num_workers(None, 2, on_gpu=False) == 0  # one core per process: decode in-process
     assert _num_workers(None, 1, on_gpu=True) == 2
     assert _num_workers(3, 1, on_gpu=False) == 3  # the recipe wins
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
