@@ -42,7 +42,7 @@ class DataConfig:
     stats_file: str | None = _f(None, "eda.json whose mean/std `normalize = \"dataset\"` uses", path=True)
     num_workers: int | None = _f(None, "DataLoader workers; unset = the cores per process on GPU; on CPU none with one core per process, one with 2-4, a quarter of the cores above")
     cache: bool = _f(True, "decode each image once into an on-disk cache, downscaled to the largest size the recipe needs")
-    cache_ram_mb: int = _f(2048, "decoded images also kept in memory, per process, up to this many MiB (0 = read the disk cache every time)")
+    cache_ram_mb: int = _f(2048, "decoded images also kept in memory by training, up to this many MiB per process (split among its loader workers; 0 = read the disk cache every time)")
     cache_dir: str | None = _f(None, "where the decoded cache lives; unset = $CLSCTL_CACHE/decoded (~/.cache/clsctl/decoded)", path=True)
 
 

@@ -125,9 +125,13 @@ class DecodedImageCache:
     __call__ = load
 
 
-def make_image_loader(recipe: Recipe) -> Callable[[str], np.ndarray]:
-    """The function every stage reads images with for this recipe (cached or direct)."""
+def make_image_loader(recipe: Recipe, ram_mb: float | None = None) -> Callable[[str], np.ndarray]:
+    """The function every stage reads images with for this recipe (cached or direct).
+
+    ``ram_mb`` overrides ``data.cache_ram_mb`` (a single pass over the data, as in prediction, has no
+    use for the in-memory tier; DataLoader workers each hold a copy, so the trainer splits it).
+    """
     if not recipe.data.cache:
         return load_image_array
     root = Path(recipe.data.cache_dir) if recipe.data.cache_dir else default_cache_root()
-    return DecodedImageCache(root, needed_short_side(recipe), recipe.data.cache_ram_mb)
+    return DecodedImageCache(root, needed_short_side(recipe), recipe.data.cache_ram_mb if ram_mb is None else ram_mb)

@@ -35,7 +35,7 @@ def aug_preview(recipe: Recipe, manifest, out: str | Path, *, n: int = 16, seed:
     rows = rng.choice(len(manifest), size=min(n, len(manifest)), replace=False)
     train_tf = build_transform(recipe, train=True, mean=IMAGENET_MEAN, std=IMAGENET_STD, to_tensor=False)
     eval_tf = build_transform(recipe, train=False, mean=IMAGENET_MEAN, std=IMAGENET_STD, to_tensor=False)
-    load = make_image_loader(recipe)
+    load = make_image_loader(recipe, ram_mb=0)
     size = recipe.data.image_size
     label_col = recipe.targets.label if recipe.targets.label in manifest.columns else None
     tiles: list[tuple[np.ndarray, str]] = []

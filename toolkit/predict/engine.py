@@ -114,7 +114,7 @@ def image_loader(recipe: Recipe, meta: dict[str, Any]) -> Any:
     """How the trainer read this checkpoint's pixels: ``make_image_loader`` (the decoded cache, or direct)."""
     from toolkit.data.cache import make_image_loader
 
-    return make_image_loader(model_recipe(recipe, meta))
+    return make_image_loader(model_recipe(recipe, meta), ram_mb=0)  # one read per image: nothing to keep
 
 
 def train_transform(recipe: Recipe, meta: dict[str, Any]) -> Any:

@@ -266,13 +266,13 @@ class Trainer:
         val_rows = np.flatnonzero(data.folds == k)
         paths = [str(data.root / p) for p in data.df["path"]]
         seed = _fold_seed(recipe.train.seed, k)
-        loader = make_image_loader(recipe)
+        workers = _num_workers(recipe.data.num_workers, self.accelerator.num_processes,
+                               self.accelerator.device.type != "cpu")
+        loader = make_image_loader(recipe, ram_mb=recipe.data.cache_ram_mb / max(1, workers))  # a copy per worker
         train_ds = ImageDataset([paths[i] for i in train_rows], data.targets[train_rows],
                                 build_transform(recipe, train=True, mean=mean, std=std), seed=seed, loader=loader)
         val_ds = ImageDataset([paths[i] for i in val_rows], data.targets[val_rows],
                               build_transform(recipe, train=False, mean=mean, std=std), loader=loader)
-        workers = _num_workers(recipe.data.num_workers, self.accelerator.num_processes,
-                               self.accelerator.device.type != "cpu")
         common = dict(num_workers=workers, pin_memory=torch.cuda.is_available(),
                       persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
         self.generator = torch.Generator()
