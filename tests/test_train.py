@@ -87,15 +87,45 @@ def test_one_epoch_writes_every_artifact(images, tmp_path):
     assert torch.equal(rebuilt(image=pixels)["image"], fresh(image=pixels)["image"])
     assert record["train"]["transform"]["transforms"]  # the train steps are listed too
 
-    # The best checkpoint loads straight into timm, as the docs promise.
+    # The best checkpoint loads straight into timm, head included, as the docs promise (timm keeps the
+    # file's head only when the overlay names its class count; without it the head would be random).
     import timm
+    from safetensors.torch import load_file
 
     meta = json.loads((run_dir / "folds/0/model.json").read_text())
+    weights = str(run_dir / "folds/0/model.safetensors")
     model = timm.create_model(meta["arch"], pretrained=True, num_classes=meta["num_classes"],
-                              pretrained_cfg_overlay=dict(file=str(run_dir / "folds/0/model.safetensors")))
+                              pretrained_cfg_overlay=dict(file=weights, num_classes=meta["num_classes"]))
     assert meta["classes"] == ["blue", "green", "red"] and meta["image_size"] == 32
+    saved = load_file(weights)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items())
     with torch.no_grad():
         assert model.eval()(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
+
+
+def test_new_head_on_pretrained_weights_starts_at_zero(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    from toolkit.config.schema import ModelConfig
+    from toolkit.models import create_model
+
+    source = timm.create_model("resnet18", num_classes=10)
+    save_file(source.state_dict(), tmp_path / "w.safetensors")
+    x = torch.randn(2, 3, 32, 32)
+    for head_init in ("zero", "timm"):
+        cfg = ModelConfig(name="resnet18", pretrained_file=str(tmp_path / "w.safetensors"), head_init=head_init)
+        model = create_model(cfg, 3).eval()
+        assert torch.equal(model.conv1.weight, source.conv1.weight)  # the backbone is loaded either way
+        with torch.no_grad():
+            logits = model(x)
+        assert torch.equal(logits, torch.zeros(2, 3)) == (head_init == "zero")
+    multi = create_model(ModelConfig(name="resnet18", pretrained_file=str(tmp_path / "w.safetensors")), [2, 3],
+                         ["a", "b"])
+    with torch.no_grad():
+        assert torch.equal(multi.eval()(x), torch.zeros(2, 5))
+    scratch = create_model(ModelConfig(name="resnet18", pretrained=False), 3)  # no weights: the model's own init
+    assert scratch.get_classifier().weight.abs().sum() > 0
 
 
 def test_learns_the_colours(images, tmp_path):

@@ -94,6 +94,9 @@ class ModelConfig:
     pretrained_file: str | None = _f(None, "local weights (.safetensors or a state dict) instead of the hub", path=True)
     in_chans: int = _f(3, "input channels")
     drop_rate: float = _f(0.0, "dropout before the classifier")
+    head_init: Literal["zero", "timm"] = _f(
+        "zero", "a new classifier head on pretrained weights starts at `zero` (every class equally likely, no loss "
+        "spike at the first steps) or with the model's own `timm` init; models trained from scratch keep their init")
     drop_path_rate: float | None = _f(None, "stochastic depth rate (models that support it)")
     channels_last: bool = _f(True, "channels-last memory format: 1.1-1.9x faster convolutions on CPU (oneDNN) and on tensor cores")
     compile: bool = _f(False, "wrap the model in torch.compile")

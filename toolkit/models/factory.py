@@ -3,7 +3,8 @@
 Pretrained weights come from the hub or from ``model.pretrained_file``. When the hub cannot be
 reached we fail at once with the fix, instead of letting the download retry for most of a minute.
 Checkpoints are safetensors (no pickles), laid out so that a single-head checkpoint loads straight
-into ``timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=dict(file=...), num_classes=N)``.
+into ``timm.create_model(arch, pretrained=True, num_classes=N, pretrained_cfg_overlay=dict(file=..., num_classes=N))``
+(without ``num_classes`` in the overlay timm drops the file's head as if it were an ImageNet one).
 """
 
 from __future__ import annotations
@@ -156,7 +157,24 @@ def create_model(cfg: ModelConfig, num_classes: int | Sequence[int], head_names:
             raise DataError(f"could not load model.pretrained_file {cfg.pretrained_file} into `{cfg.name}`: {text}",
                             "check that the file holds weights for this architecture") from None
         raise
+    if pretrained and cfg.head_init == "zero":
+        zero_heads(model)
     return model
+
+
+def zero_heads(model: nn.Module) -> None:
+    """Set the classifier head(s) to zero, as BiT (Kolesnikov et al., 2020) does for transfer.
+
+    timm initializes a new head with a spread sized to its few outputs; on the large features of a
+    pretrained backbone that gives logits of several units, a first loss of ~6.7 instead of ln(3) for
+    lite0 with 3 classes, and a first epoch spent undoing it. A zero head predicts the uniform
+    distribution; its gradient is not zero (features times the error), so it learns from the first step.
+    """
+    heads = list(model.heads) if isinstance(model, MultiHeadModel) else [model.get_classifier()]
+    with torch.no_grad():
+        for head in heads:
+            for param in head.parameters():
+                param.zero_()
 
 
 def model_data_config(model: nn.Module) -> dict[str, Any]:
