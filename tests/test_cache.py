@@ -101,3 +101,11 @@ def test_memory_tier_skips_the_disk_and_keeps_to_its_budget(tmp_path):
     assert cache.misses == 4
     cache.load(srcs[3])
     assert cache.misses == 5
+
+
+def test_missing_file_gives_the_loaders_error(tmp_path):
+    from toolkit.errors import ImageError
+
+    cache = DecodedImageCache(tmp_path / "cache", short_side=32, ram_mb=8)
+    with pytest.raises(ImageError, match="nope.png"):
+        cache.load(tmp_path / "nope.png")

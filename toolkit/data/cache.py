@@ -58,9 +58,7 @@ class DecodedImageCache:
 
     def entry(self, path: str | os.PathLike[str]) -> Path:
         """Where the cached array of ``path`` lives; changes whenever the file does."""
-        real = os.path.realpath(path)
-        st = os.stat(real)
-        return self._entry(real, st)
+        return self._entry(os.path.realpath(path), os.stat(path))
 
     def _entry(self, real: str, st: os.stat_result) -> Path:
         key = hashlib.blake2b(f"{real}\0{st.st_size}\0{st.st_mtime_ns}".encode(), digest_size=16).hexdigest()
@@ -86,7 +84,10 @@ class DecodedImageCache:
         Arrays are shared with the in-memory tier: treat them as read-only.
         """
         name = os.fspath(path)
-        st = os.stat(name)
+        try:
+            st = os.stat(name)
+        except OSError:
+            return load_image_array(name)  # raises the loader's own ImageError (missing, unreadable)
         held = self._ram.get(name)
         if held is not None and held[0] == st.st_size and held[1] == st.st_mtime_ns:
             self.hits += 1
