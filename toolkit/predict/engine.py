@@ -373,6 +373,8 @@ class Inference:
             flat = x.transpose(0, 1).reshape(n * b, *x.shape[2:])
         else:
             b = x.shape[0]
+            if self.channels_last:  # crops and flips of a channels-last batch stay channels-last: one copy, not two
+                x = x.contiguous(memory_format=torch.channels_last)
             passes = [apply_op(op, x, size) for op in view.ops]
             n = len(passes)
             flat = passes[0] if n == 1 else torch.cat(passes)
