@@ -245,6 +245,7 @@ def pipeline_record(recipe: Recipe, *, mean: Sequence[float], std: Sequence[floa
     import albumentations as A
 
     return {"format": 1, "mean": [float(m) for m in mean], "std": [float(s) for s in std],
+            "train_size": recipe.data.image_size,
             "train": A.to_dict(build_transform(recipe, train=True, mean=mean, std=std)),
             "eval": A.to_dict(build_transform(recipe, train=False, mean=mean, std=std))}
 
@@ -256,26 +257,6 @@ def _lambda_names(node: Any) -> list[str]:
     if isinstance(node, list):
         return [n for v in node for n in _lambda_names(v)]
     return []
-
-
-def _first_size(node: Any) -> int | None:
-    if isinstance(node, dict):
-        for key in ("size", "height", "max_size"):
-            value = node.get(key)
-            if isinstance(value, int):
-                return value
-            if isinstance(value, list | tuple) and value and isinstance(value[0], int):
-                return int(value[0])
-        for v in node.values():
-            found = _first_size(v)
-            if found:
-                return found
-    if isinstance(node, list):
-        for v in node:
-            found = _first_size(v)
-            if found:
-                return found
-    return None
 
 
 def load_pipeline(record: dict[str, Any] | str | Path, which: str = "eval") -> Any:
@@ -295,5 +276,6 @@ def load_pipeline(record: dict[str, Any] | str | Path, which: str = "eval") -> A
     for name in _lambda_names(tree):
         if not name.startswith("timm:"):
             raise DataError(f"saved pipeline step `{name}` cannot be rebuilt", "rebuild it from the run's recipe")
-        extra[name] = _timm_auto_augment(name[len("timm:"):], _first_size(tree) or 224, record["mean"])
+        # timm policies exist only in the train pipeline, built at the train size
+        extra[name] = _timm_auto_augment(name[len("timm:"):], record["train_size"], record["mean"])
     return A.from_dict(tree, nonserializable=extra or None)
