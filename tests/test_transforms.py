@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -144,3 +146,50 @@ def test_saved_pipeline_rebuilds_identically(tmp_path, overrides):
             random.seed(7)  # timm's policies draw from Python's random
             outs.append(pipeline(image=image)["image"])
         assert torch.equal(outs[0], outs[1]), which
+
+
+@pytest.mark.parametrize("recipe_file", sorted(p.name for p in (Path(__file__).parents[1] / "recipes").glob("*.toml")))
+def test_batch_normalize_equals_the_per_image_pipeline(recipe_file):
+    """Loaders hand over uint8 HWC images and normalize per batch; the floats must be exactly the ones the
+    full albumentations pipeline (Normalize + ToTensorV2, as saved in transforms.json) gives, for the train
+    pipeline under a fixed seed and for the eval pipeline, for every recipe in recipes/."""
+    import random
+
+    from toolkit.data.dataset import BatchNormalize, as_tensor
+
+    path = Path(__file__).parents[1] / "recipes" / recipe_file
+    recipe = load_recipe(path, ["data.image_size=40", "model.pretrained=false"])
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, (50 + 7 * i, 61, 3), dtype=np.uint8) for i in range(3)]
+    for mean, std in ((IMAGENET_MEAN, IMAGENET_STD), ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), ((0.11, 0.2, 0.3), (0.3, 0.27, 0.19))):
+        for train in (True, False):
+            full = build_transform(recipe, train=train, mean=mean, std=std)
+            raw = build_transform(recipe, train=train, mean=mean, std=std, to_tensor=False)
+            expected, batch = [], []
+            for i, image in enumerate(images):
+                for pipeline, out in ((full, expected), (raw, batch)):
+                    pipeline.set_random_state(np.random.default_rng(i), random.Random(i))
+                    random.seed(i)
+                    out.append(pipeline(image=image)["image"])
+            assert batch[0].dtype == np.uint8 and batch[0].shape == (40, 40, 3)
+            for channels_last in (True, False):
+                got = BatchNormalize(mean, std, channels_last=channels_last)(torch.stack([as_tensor(b) for b in batch]))
+                assert got.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+                assert torch.equal(got, torch.stack(expected)), (recipe_file, train, mean, channels_last)
+
+
+def test_batch_normalize_rejects_a_channel_mismatch_and_passes_floats_through():
+    from toolkit.data.dataset import BatchNormalize, as_tensor
+
+    normalize = BatchNormalize(IMAGENET_MEAN, IMAGENET_STD)
+    with pytest.raises(ValueError, match="1 channel"):
+        normalize(torch.zeros(2, 4, 4, 1, dtype=torch.uint8))
+    x = torch.randn(2, 3, 4, 4)
+    assert normalize(x) is x
+    frozen = np.zeros((4, 5, 3), np.uint8)
+    frozen.flags.writeable = False  # as served by the decoded cache: the tensor must not share it
+    t = as_tensor(frozen)
+    assert t.shape == (4, 5, 3) and t.dtype == torch.uint8
+    t += 1
+    assert frozen.max() == 0
+    assert as_tensor(np.zeros((4, 5), np.uint8)).shape == (4, 5, 1)

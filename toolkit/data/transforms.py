@@ -206,7 +206,9 @@ def build_transform(recipe: Recipe, *, train: bool, mean: Sequence[float], std: 
                     size: int | None = None, to_tensor: bool = True) -> Any:
     """The albumentations pipeline for training (``train=True``) or evaluation/prediction.
 
-    ``to_tensor=False`` stops before normalization and yields uint8 HWC images (for previews).
+    ``to_tensor=False`` stops before normalization and yields uint8 HWC images: what the trainer's and
+    predict's data loaders produce (they normalize whole batches with
+    :class:`toolkit.data.dataset.BatchNormalize`, which gives the same floats) and what previews show.
     """
     import albumentations as A
     from albumentations.pytorch import ToTensorV2

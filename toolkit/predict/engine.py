@@ -103,11 +103,22 @@ def model_recipe(recipe: Recipe, meta: dict[str, Any]) -> Recipe:
     return dataclasses.replace(recipe, data=data, aug=aug)
 
 
-def eval_transform(recipe: Recipe, meta: dict[str, Any], size: int | None = None) -> Any:
-    """The eval pipeline of a checkpoint: ``build_transform(train=False)`` with model.json's mean/std/size."""
+def eval_transform(recipe: Recipe, meta: dict[str, Any], size: int | None = None, to_tensor: bool = True) -> Any:
+    """The eval pipeline of a checkpoint: ``build_transform(train=False)`` with model.json's mean/std/size.
+
+    ``to_tensor=False``: uint8 HWC output, normalized later per batch (:func:`batch_normalizer`).
+    """
     from toolkit.data.transforms import build_transform
 
-    return build_transform(model_recipe(recipe, meta), train=False, mean=meta["mean"], std=meta["std"], size=size)
+    return build_transform(model_recipe(recipe, meta), train=False, mean=meta["mean"], std=meta["std"], size=size,
+                           to_tensor=to_tensor)
+
+
+def batch_normalizer(meta: dict[str, Any], channels_last: bool = False) -> Any:
+    """What turns a checkpoint's uint8 batches into model input: its mean/std, exactly as in training."""
+    from toolkit.data.dataset import BatchNormalize
+
+    return BatchNormalize(meta["mean"], meta["std"], channels_last=channels_last)
 
 
 def image_loader(recipe: Recipe, meta: dict[str, Any]) -> Any:
@@ -117,11 +128,12 @@ def image_loader(recipe: Recipe, meta: dict[str, Any]) -> Any:
     return make_image_loader(model_recipe(recipe, meta), ram_mb=0)  # one read per image: nothing to keep
 
 
-def train_transform(recipe: Recipe, meta: dict[str, Any]) -> Any:
+def train_transform(recipe: Recipe, meta: dict[str, Any], to_tensor: bool = True) -> Any:
     """The recipe's train pipeline with the checkpoint's mean/std/size (for ``trainaug`` views)."""
     from toolkit.data.transforms import build_transform
 
-    return build_transform(model_recipe(recipe, meta), train=True, mean=meta["mean"], std=meta["std"])
+    return build_transform(model_recipe(recipe, meta), train=True, mean=meta["mean"], std=meta["std"],
+                           to_tensor=to_tensor)
 
 
 def load_fold_model(run, k: int, recipe: Recipe) -> FoldModel:  # noqa: ANN001
@@ -214,7 +226,8 @@ def default_workers(requested: int | None, num_processes: int, device_type: str 
 class ViewDataset(torch.utils.data.Dataset):
     """Decode each image once and run every pipeline on it; items are ``({key: tensor}, index)``.
 
-    ``trainaug`` pipelines produce ``[passes, C, H, W]``, each pass seeded from (seed, pass, the
+    Tensors are what the pipelines give (uint8 ``[H, W, C]`` from :func:`pipelines_for`, normalized per
+    batch by the caller). ``trainaug`` pipelines produce ``[passes, ...]``, each pass seeded from (seed, pass, the
     image's path), so the same image gets the same augmented copies in every run and every process.
     """
 
@@ -229,13 +242,14 @@ class ViewDataset(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[dict[str, torch.Tensor], int]:
+        from toolkit.data.dataset import as_tensor
         from toolkit.data.images import load_image_array
 
         image = (self.loader or load_image_array)(self.paths[index])
         out: dict[str, torch.Tensor] = {}
         for pipe, transform in self.pipelines:
             if pipe.kind != "train":
-                out[pipe.key] = transform(image=image)["image"]
+                out[pipe.key] = as_tensor(transform(image=image)["image"])
                 continue
             tag = zlib.crc32(os.path.basename(self.paths[index]).encode())
             copies = []
@@ -243,22 +257,25 @@ class ViewDataset(torch.utils.data.Dataset):
                 seed = int(np.random.SeedSequence([self.seed, p, tag]).generate_state(1)[0])
                 transform.set_random_state(np.random.default_rng(seed), random.Random(seed))  # as in training
                 random.seed(seed)  # timm's RandAugment draws from Python's generator
-                copies.append(transform(image=image)["image"])
+                copies.append(as_tensor(transform(image=image)["image"]))
             out[pipe.key] = torch.stack(copies)
         return out, index
 
 
 def pipelines_for(views: Sequence[View], recipe: Recipe, meta: dict[str, Any]) -> list[tuple[Pipeline, Any]]:
-    """The distinct decode-side pipelines the views need, built from the checkpoint's preprocessing."""
+    """The distinct decode-side pipelines the views need, built from the checkpoint's preprocessing.
+
+    They stop before normalization (uint8 HWC); :func:`batch_normalizer` finishes the job per batch.
+    """
     seen: dict[str, tuple[Pipeline, Any]] = {}
     for view in views:
         pipe = view.pipeline
         if pipe.key in seen:
             continue
         if pipe.kind == "train":
-            seen[pipe.key] = (pipe, train_transform(recipe, meta))
+            seen[pipe.key] = (pipe, train_transform(recipe, meta, to_tensor=False))
         else:
-            seen[pipe.key] = (pipe, eval_transform(recipe, meta, size=pipe.size))
+            seen[pipe.key] = (pipe, eval_transform(recipe, meta, size=pipe.size, to_tensor=False))
     return list(seen.values())
 
 
@@ -373,8 +390,8 @@ class Inference:
             flat = x.transpose(0, 1).reshape(n * b, *x.shape[2:])
         else:
             b = x.shape[0]
-            if self.channels_last:  # crops and flips of a channels-last batch stay channels-last: one copy, not two
-                x = x.contiguous(memory_format=torch.channels_last)
+            if self.channels_last:  # crops and flips of a channels-last batch stay channels-last (a no-op
+                x = x.contiguous(memory_format=torch.channels_last)  # for batches from batch_normalizer)
             passes = [apply_op(op, x, size) for op in view.ops]
             n = len(passes)
             flat = passes[0] if n == 1 else torch.cat(passes)
@@ -421,12 +438,14 @@ class Inference:
             dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.workers,
             pin_memory=self.device.type == "cuda", prefetch_factor=4 if self.workers > 0 else None)
         loader = accelerator.prepare_data_loader(loader)
+        normalize = batch_normalizer(meta, self.channels_last)
         n_total = sum(sizes)
         out = np.zeros((len(models), len(views), len(paths), n_total), dtype=np.float32)
         filled = np.zeros(len(paths), dtype=bool)
         bar = _Bar(self.progress, accelerator.is_main_process, title, len(paths))
         try:
             for batch, index in loader:
+                batch = {key: normalize(x, self.device) for key, x in batch.items()}
                 per_fold = []
                 for m in models:
                     per_fold.append(torch.stack([self._view_logits(m.model, batch, v, size, sizes, combine)

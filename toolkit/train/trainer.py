@@ -256,12 +256,14 @@ class Trainer:
 
     def _loaders(self, k: int):  # noqa: ANN202
         from toolkit.data.cache import make_image_loader
-        from toolkit.data.dataset import ImageDataset
+        from toolkit.data.dataset import BatchNormalize, ImageDataset
         from toolkit.data.transforms import build_transform, resolve_normalization
 
         recipe, data = self.recipe, self.data
         mean, std = resolve_normalization(recipe.data, self.model_cfg)
         self.mean, self.std = mean, std
+        # Loaders hand over uint8 HWC batches; the training process normalizes each batch in one pass.
+        self.normalize = BatchNormalize(mean, std, channels_last=recipe.model.channels_last)
         train_rows = np.flatnonzero(data.folds != k)
         val_rows = np.flatnonzero(data.folds == k)
         paths = [str(data.root / p) for p in data.df["path"]]
@@ -270,9 +272,10 @@ class Trainer:
                                self.accelerator.device.type != "cpu")
         loader = make_image_loader(recipe, ram_mb=recipe.data.cache_ram_mb / max(1, workers))  # a copy per worker
         train_ds = ImageDataset([paths[i] for i in train_rows], data.targets[train_rows],
-                                build_transform(recipe, train=True, mean=mean, std=std), seed=seed, loader=loader)
+                                build_transform(recipe, train=True, mean=mean, std=std, to_tensor=False),
+                                seed=seed, loader=loader)
         val_ds = ImageDataset([paths[i] for i in val_rows], data.targets[val_rows],
-                              build_transform(recipe, train=False, mean=mean, std=std), loader=loader)
+                              build_transform(recipe, train=False, mean=mean, std=std, to_tensor=False), loader=loader)
         common = dict(num_workers=workers, pin_memory=torch.cuda.is_available(),
                       persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
         self.generator = torch.Generator()
@@ -502,8 +505,7 @@ class Trainer:
         waited = time.perf_counter()
         for step, (images, targets, _) in enumerate(loader):
             self.data_wait += time.perf_counter() - waited
-            if self.recipe.model.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
+            images = self.normalize(images)
             if self.mixup is not None:
                 images, targets = self.mixup(images, targets.reshape(len(targets), -1)[:, 0])
             with accelerator.accumulate(model):
@@ -543,8 +545,7 @@ class Trainer:
         model.eval()
         logits_all, targets_all, index_all = [], [], []
         for images, targets, index in loader:
-            if self.recipe.model.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
+            images = self.normalize(images)
             with accelerator.autocast():
                 logits = model(images).float()
             logits, targets, index = accelerator.gather_for_metrics((logits, targets, index))
