@@ -109,3 +109,36 @@ def test_missing_file_gives_the_loaders_error(tmp_path):
     cache = DecodedImageCache(tmp_path / "cache", short_side=32, ram_mb=8)
     with pytest.raises(ImageError, match="nope.png"):
         cache.load(tmp_path / "nope.png")
+
+
+def test_warm_decodes_what_is_missing_on_several_processes(tmp_path):
+    from toolkit.data.cache import warm_cache
+
+    paths = [_png(tmp_path / f"{i}.png", 30 + i % 7, 20 + i % 5, seed=i) for i in range(80)]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(paths[0].read_bytes()[:60])  # a valid header, truncated pixel data
+    cache = DecodedImageCache(tmp_path / "cache", short_side=24)
+    cache.load(paths[0])  # one entry exists already
+
+    result = warm_cache(cache, [*paths, paths[1], broken], processes=2, chunk=16)
+    assert (result.decoded, result.already, result.processes) == (79, 1, 2)
+    assert [p for p, _ in result.errors] == [str(broken)] and result.errors[0][1]
+    assert all(cache.has(p) for p in paths) and not cache.has(broken)
+    fresh = DecodedImageCache(tmp_path / "cache", short_side=24)
+    for p in paths[::9]:  # the entries the pool wrote are the arrays a direct decode gives
+        np.testing.assert_array_equal(fresh.load(p), DecodedImageCache(tmp_path / "other", short_side=24).decode(p))
+    assert fresh.misses == 0
+
+    again = warm_cache(cache, paths, processes=2)
+    assert (again.decoded, again.already, again.processes) == (0, 80, 0)
+
+
+def test_warm_stays_in_process_for_few_images_or_one_core(tmp_path):
+    from toolkit.data.cache import warm_cache
+
+    paths = [_png(tmp_path / f"{i}.png", 20, 20, seed=i) for i in range(10)]
+    cache = DecodedImageCache(tmp_path / "cache", short_side=24)
+    assert warm_cache(cache, paths, processes=2).decoded == 0  # fewer than min_missing: the epoch decodes them
+    assert warm_cache(cache, paths, processes=1, min_missing=1).decoded == 0
+    result = warm_cache(cache, paths, processes=2, min_missing=1, chunk=4)
+    assert (result.decoded, result.processes) == (10, 2)

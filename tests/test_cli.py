@@ -77,15 +77,17 @@ def test_corrupt_images_are_listed_before_any_run(tmp_path):
     assert "Traceback" in debug.stderr
 
 
-def test_truncated_image_inside_a_loader_worker_is_one_line(tmp_path):
-    """A file that passes the header check but whose pixels are cut short fails with its name."""
+@pytest.mark.parametrize("per_class", [4, 40])
+def test_truncated_image_inside_a_loader_worker_is_one_line(tmp_path, per_class):
+    """A file that passes the header check but whose pixels are cut short fails with its name: found by a
+    loader worker mid-epoch (few images), or before training by the decoded cache's warm-up (80 images)."""
     import numpy as np
     from PIL import Image
 
     sys.path.insert(0, str(Path(__file__).parent))
     from imagegen import make_imagefolder
 
-    root = make_imagefolder(tmp_path / "imgs", per_class=4, size=64)
+    root = make_imagefolder(tmp_path / "imgs", per_class=per_class, size=64)
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(root / "red" / "cut.jpg")
     data = (root / "red" / "cut.jpg").read_bytes()
     (root / "red" / "cut.jpg").write_bytes(data[: len(data) // 2])
@@ -93,10 +95,11 @@ def test_truncated_image_inside_a_loader_worker_is_one_line(tmp_path):
     recipe.write_text(f'[data]\nroot = "{root}"\nimage_size = 16\nnum_workers = 1\n[model]\nname = "test_efficientnet_gn"\n'
                       'pretrained = false\n[split]\nfolds = 2\n[train]\nepochs = 1\nbatch_size = 4\n')
     env = {"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1",
-           "CLSCTL_RUNS": str(tmp_path / "runs"), "PATH": "/usr/bin:/bin"}
+           "CLSCTL_RUNS": str(tmp_path / "runs"), "CLSCTL_CACHE": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-m", "toolkit", "train", "--recipe", str(recipe)],
                          capture_output=True, text=True, env=env)
     assert out.returncode == 2, out.stderr
     lines = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "cut.jpg" in lines[0] and "truncated" in lines[0], out.stderr
+    assert ("cannot be decoded" in lines[0]) == (per_class > 32)
     assert "Traceback" not in out.stderr

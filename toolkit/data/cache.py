@@ -18,7 +18,8 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,7 @@ class DecodedImageCache:
     """Decoded, downscaled images as ``.npy`` files under ``root/<side>/``."""
 
     def __init__(self, root: str | os.PathLike[str], short_side: int, ram_mb: float = 0) -> None:
+        self.base = Path(root)
         self.root = Path(root) / f"s{short_side}"
         self.short_side = short_side
         self.hits = 0
@@ -63,6 +65,13 @@ class DecodedImageCache:
     def _entry(self, real: str, st: os.stat_result) -> Path:
         key = hashlib.blake2b(f"{real}\0{st.st_size}\0{st.st_mtime_ns}".encode(), digest_size=16).hexdigest()
         return self.root / key[:2] / f"{key}.npy"
+
+    def has(self, path: str | os.PathLike[str]) -> bool:
+        """Whether ``path`` has an entry (no check that it is intact: a torn one is rebuilt on load)."""
+        try:
+            return self.entry(path).is_file()
+        except OSError:
+            return False
 
     def decode(self, path: str | os.PathLike[str]) -> np.ndarray:
         """Decode with the one image loader and downscale so the shorter side is ``short_side``."""
@@ -124,6 +133,65 @@ class DecodedImageCache:
             self.ram_bytes += array.nbytes
 
     __call__ = load
+
+
+@dataclass
+class WarmResult:
+    """What :func:`warm_cache` did: images decoded into the cache, seconds, processes, undecodable files."""
+
+    decoded: int = 0
+    already: int = 0
+    seconds: float = 0.0
+    processes: int = 0
+    errors: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _warm_chunk(base: str, short_side: int, paths: list[str]) -> tuple[int, list[tuple[str, str]]]:
+    from toolkit.errors import ImageError
+
+    cache = DecodedImageCache(base, short_side)
+    errors = []
+    for path in paths:
+        try:
+            cache.load(path)
+        except ImageError as exc:
+            errors.append((path, exc.reason))
+    return cache.misses, errors
+
+
+def warm_cache(cache: DecodedImageCache, paths: Sequence[str], processes: int, *, min_missing: int = 64,
+               chunk: int = 32) -> WarmResult:
+    """Decode every image of ``paths`` that has no cache entry yet, on ``processes`` processes at once.
+
+    Training calls this before its first epoch: the decodes then run on every core side by side,
+    instead of inside the first epoch, where one loader worker decodes while the model's threads
+    wait for it. Nothing is done for fewer than ``min_missing`` missing images or a single process
+    (the epoch would decode them just as fast). Undecodable files are collected, not raised.
+    """
+    import time
+    from concurrent.futures import ProcessPoolExecutor
+
+    t0 = time.perf_counter()
+    unique = list(dict.fromkeys(os.fspath(p) for p in paths))
+    missing = [p for p in unique if not cache.has(p)]
+    result = WarmResult(already=len(unique) - len(missing))
+    processes = min(int(processes), math.ceil(len(missing) / chunk))
+    if processes < 2 or len(missing) < min_missing:
+        result.seconds = time.perf_counter() - t0
+        return result
+    import multiprocessing
+
+    # fork: the children only decode (no torch), and start in milliseconds; elsewhere the platform default
+    context = multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
+    parts = [missing[i:i + chunk] for i in range(0, len(missing), chunk)]
+    with ProcessPoolExecutor(processes, mp_context=context) as pool:
+        for decoded, errors in pool.map(_warm_chunk, [str(cache.base)] * len(parts),
+                                        [cache.short_side] * len(parts), parts):
+            result.decoded += decoded
+            result.errors += errors
+    result.processes = processes
+    result.seconds = time.perf_counter() - t0
+    return result
 
 
 def make_image_loader(recipe: Recipe, ram_mb: float | None = None) -> Callable[[str], np.ndarray]:

@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 
 from toolkit.config.schema import Recipe
-from toolkit.errors import RunError, TrainingError
+from toolkit.errors import DataError, RunError, TrainingError
 from toolkit.train.data import load_training_data, parse_fold_selection
 from toolkit.train.validate import validate_recipe
 
@@ -68,6 +68,13 @@ def _precision(requested: str) -> str:
     return "no"
 
 
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def _num_workers(requested: int | None, num_processes: int, on_gpu: bool) -> int:
     """DataLoader workers when the recipe leaves it unset.
 
@@ -81,11 +88,7 @@ def _num_workers(requested: int | None, num_processes: int, on_gpu: bool) -> int
     """
     if requested is not None:
         return requested
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    per_process = max(1, cores // max(1, num_processes))
+    per_process = max(1, _cores() // max(1, num_processes))
     if on_gpu:
         return per_process
     if per_process == 1:
@@ -217,6 +220,7 @@ class Trainer:
 
             accelerator.init_trackers(run.id, config=_flat_config(recipe_to_dict(recipe)))
 
+        self._warm_cache(run)
         if accelerator.is_main_process:
             with run.activate():
                 self._train_folds(run, selected)
@@ -225,6 +229,40 @@ class Trainer:
         if recipe.train.log_with:
             accelerator.end_training()
         return run
+
+    def _warm_cache(self, run) -> None:  # noqa: ANN001
+        """Decode every image missing from the decoded cache on all of this process's cores, before epoch 1.
+
+        Each process takes its share of the files. Files that cannot be decoded stop the run here, all of
+        them named, instead of at the first batch that holds one.
+        """
+        from toolkit.data.cache import DecodedImageCache, make_image_loader, warm_cache
+
+        accelerator, data = self.accelerator, self.data
+        cache = make_image_loader(self.recipe, ram_mb=0)
+        if not isinstance(cache, DecodedImageCache) or os.environ.get("CLSCTL_CACHE_WARM", "1") == "0":
+            return
+        paths = [str(data.root / p) for p in data.df["path"]]
+        rank, world = accelerator.process_index, accelerator.num_processes
+        result = warm_cache(cache, paths[rank::world], _cores() // max(1, world))
+        errors = result.errors
+        if world > 1:
+            from accelerate.utils import gather_object
+
+            errors = gather_object(errors)
+        if errors:
+            shown = "; ".join(f"{Path(p).relative_to(data.root) if Path(p).is_relative_to(data.root) else p}: {why}"
+                              for p, why in errors[:10])
+            more = f" (and {len(errors) - 10} more)" if len(errors) > 10 else ""
+            raise DataError(f"{len(errors)} image(s) cannot be decoded: {shown}{more}",
+                            "remove or replace them (or drop their rows from the manifest); `clsctl eda` lists them all")
+        if result.decoded:
+            accelerator.print(f"decoded cache: {result.decoded} image(s) decoded on {result.processes} processes "
+                              f"in {result.seconds:.1f} s ({result.already} already cached)")
+        if accelerator.is_main_process:
+            run.update_info(cache_warm={"decoded": result.decoded, "already": result.already,
+                                        "seconds": round(result.seconds, 3), "processes": result.processes})
+        accelerator.wait_for_everyone()
 
     # ------------------------------------------------------------------ folds
     def _write_manifest(self, run) -> None:  # noqa: ANN001
