@@ -356,3 +356,19 @@ def test_default_loader_workers(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
     assert _num_workers(None, 1, on_gpu=False) == 4
     assert _num_workers(None, 2, on_gpu=True) == 8
+
+
+def test_idle_worker_priority_applies_in_the_worker_only():
+    """The loader worker init puts only its own process at idle priority (data.worker_priority = "idle")."""
+    import os
+    import subprocess
+    import sys
+
+    if not hasattr(os, "SCHED_IDLE"):
+        pytest.skip("no SCHED_IDLE on this platform")
+    code = ("import os; from toolkit.train.trainer import _idle_worker; before = os.sched_getscheduler(0); "
+            "_idle_worker(0); print(before == os.SCHED_OTHER, os.sched_getscheduler(0) == os.SCHED_IDLE)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert out.stdout.split() == ["True", "True"]
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER

@@ -96,6 +96,24 @@ def _num_workers(requested: int | None, num_processes: int, on_gpu: bool) -> int
     return 1 if per_process <= 4 else per_process // 4
 
 
+def _idle_worker(_: int) -> None:
+    """DataLoader worker start (``data.worker_priority = "idle"`` on a CPU-only machine).
+
+    The model's intra-op threads use every core, and a worker that preempts one of them stalls the whole
+    parallel region until it is done. At idle priority (``SCHED_IDLE``) the worker runs only in the gaps
+    the model leaves (its serial Python sections, the optimizer step) and is preempted as soon as a
+    thread wants the core back. It also waits while other busy processes hold every core, hence the
+    ``normal`` choice for shared machines.
+    """
+    try:
+        if hasattr(os, "SCHED_IDLE"):
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        else:
+            os.nice(19)
+    except OSError:
+        pass  # not permitted here: run at normal priority
+
+
 def _seed_everything(seed: int, deterministic: bool) -> None:
     from accelerate.utils import set_seed
 
@@ -314,8 +332,10 @@ class Trainer:
                                 seed=seed, loader=loader)
         val_ds = ImageDataset([paths[i] for i in val_rows], data.targets[val_rows],
                               build_transform(recipe, train=False, mean=mean, std=std, to_tensor=False), loader=loader)
+        on_cpu = self.accelerator.device.type == "cpu"
         common = dict(num_workers=workers, pin_memory=torch.cuda.is_available(),
-                      persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
+                      persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
+                      worker_init_fn=_idle_worker if workers > 0 and on_cpu and recipe.data.worker_priority == "idle" else None)
         self.generator = torch.Generator()
         tcfg = recipe.train
         sampler = None
