@@ -515,3 +515,56 @@ def test_load_image_from_bytes_roundtrip_matches_array(tmp_path: Path) -> None:
     p.write_bytes(buf.getvalue())
     assert np.array_equal(load_image_array(p), arr)
     assert np.array_equal(np.asarray(load_image(p)), arr)
+
+
+# ----------------------------------------------------------------- OpenCV fast path
+
+
+def _variants(tmp_path: Path) -> list[tuple[Path, bool]]:
+    """(file, expected to take the OpenCV path) over the formats and options met in practice."""
+    rng = np.random.default_rng(7)
+    out = []
+    for i, (h, w) in enumerate([(1, 1), (17, 33), (64, 48), (227, 227), (9, 300)]):
+        rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        smooth = np.cumsum(rgb, axis=1, dtype=np.uint32).astype(np.uint8)  # JPEG-friendly content
+        grey = rgb[..., 0]
+        out += [(_save(Image.fromarray(rgb), tmp_path / f"rgb{i}.png"), True),
+                (_save(Image.fromarray(grey), tmp_path / f"grey{i}.png", optimize=True), True),
+                (_save(Image.fromarray(rgb), tmp_path / f"inter{i}.png", interlace=1), True),
+                (_save(Image.fromarray(smooth), tmp_path / f"q{i}.jpg", quality=90), True),
+                (_save(Image.fromarray(smooth), tmp_path / f"prog{i}.jpg", quality=75, progressive=True), True),
+                (_save(Image.fromarray(smooth), tmp_path / f"s444_{i}.jpg", quality=95, subsampling=0), True),
+                (_save(Image.fromarray(grey), tmp_path / f"grey{i}.jpg", quality=85), True),
+                # Pillow's rules apply: transparency, palettes, 16 bit, CMYK, EXIF rotation
+                (_save(Image.fromarray(rgb).convert("RGBA"), tmp_path / f"rgba{i}.png"), False),
+                (_save(Image.fromarray(rgb).convert("P"), tmp_path / f"pal{i}.png"), False),
+                (_save(Image.fromarray(smooth).convert("CMYK"), tmp_path / f"cmyk{i}.jpg"), False),
+                (_save(Image.fromarray(grey.astype(np.uint16) * 257), tmp_path / f"wide{i}.png"), False)]
+    keyed = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    out.append((_save(keyed, tmp_path / "key.png", transparency=(1, 2, 3)), False))
+    out.append((_oriented_jpeg(tmp_path / "rot6.jpg", 6), False))
+    return out
+
+
+def test_opencv_path_gives_pillows_pixels(tmp_path: Path) -> None:
+    for path, fast in _variants(tmp_path):
+        expected = np.asarray(load_image(path))
+        got = load_image_array(path)
+        assert (images._fast_decode(str(path)) is not None) == fast, path.name
+        assert got.dtype == np.uint8 and got.flags.c_contiguous, path.name
+        np.testing.assert_array_equal(got, expected, err_msg=path.name)
+
+
+def test_opencv_path_leaves_damaged_files_to_pillow(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    png = _save(Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)), tmp_path / "t.png")
+    jpg = _noise_jpeg(tmp_path / "t.jpg")
+    for p in (png, jpg):
+        data = p.read_bytes()
+        p.write_bytes(data[: len(data) // 2])
+        assert images._fast_decode(str(p)) is None
+        with pytest.raises(ImageError, match="truncated or corrupt image data"):
+            load_image_array(p)
+    trailing = _save(Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)), tmp_path / "trail.png")
+    trailing.write_bytes(trailing.read_bytes() + b"junk" * 10)  # decodes, by Pillow
+    np.testing.assert_array_equal(load_image_array(trailing), np.asarray(load_image(trailing)))

@@ -41,10 +41,6 @@ class DataConfig:
     std: list[float] | None = _f(None, "explicit per-channel std (overrides `normalize`)")
     stats_file: str | None = _f(None, "eda.json whose mean/std `normalize = \"dataset\"` uses", path=True)
     num_workers: int | None = _f(None, "DataLoader workers; unset = the cores per process on GPU; on CPU none with one core per process, one with 2-4, a quarter of the cores above")
-    worker_priority: Literal["idle", "normal"] = _f(
-        "idle", "on a CPU-only machine, loader workers run at idle priority so they never preempt the model's threads "
-        "(pacs, mobilenetv3 @128 px, 2 cores: 0.89-0.98 of a bare loop vs 0.77-0.81); `normal` where other CPU-heavy "
-        "jobs share the machine, which would otherwise starve the workers")
     cache: bool = _f(True, "decode each image once into an on-disk cache, downscaled to the largest size the recipe needs")
     cache_ram_mb: int = _f(2048, "decoded images also kept in memory by training, up to this many MiB per process (split among its loader workers; 0 = read the disk cache every time)")
     cache_dir: str | None = _f(None, "where the decoded cache lives; unset = $CLSCTL_CACHE/decoded (~/.cache/clsctl/decoded)", path=True)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.config.schema import Recipe
-from toolkit.data.images import load_image, load_image_array
+from toolkit.data.images import load_image_array
 
 
 def default_cache_root() -> Path:
@@ -75,17 +75,17 @@ class DecodedImageCache:
 
     def decode(self, path: str | os.PathLike[str]) -> np.ndarray:
         """Decode with the one image loader and downscale so the shorter side is ``short_side``."""
-        image = load_image(path)
-        w, h = image.size
+        array = load_image_array(path)
+        h, w = array.shape[:2]
         short = min(w, h)
-        if short > self.short_side:
-            scale = self.short_side / short
-            size = (max(1, round(w * scale)), max(1, round(h * scale)))
-            # PIL's bilinear filter widens its support when shrinking, i.e. it antialiases.
-            from PIL import Image
+        if short <= self.short_side:
+            return array
+        scale = self.short_side / short
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        # PIL's bilinear filter widens its support when shrinking, i.e. it antialiases.
+        from PIL import Image
 
-            image = image.resize(size, Image.Resampling.BILINEAR)
-        return np.asarray(image)
+        return np.asarray(Image.fromarray(array).resize(size, Image.Resampling.BILINEAR))
 
     def load(self, path: str | os.PathLike[str]) -> np.ndarray:
         """The cached array of ``path``, decoding and storing it on a miss.

@@ -96,22 +96,15 @@ def _num_workers(requested: int | None, num_processes: int, on_gpu: bool) -> int
     return 1 if per_process <= 4 else per_process // 4
 
 
-def _idle_worker(_: int) -> None:
-    """DataLoader worker start (``data.worker_priority = "idle"`` on a CPU-only machine).
+def _single_threaded_worker(_: int) -> None:
+    """DataLoader worker start: OpenCV (albumentations' backend) on one thread, as torch already is there.
 
-    The model's intra-op threads use every core, and a worker that preempts one of them stalls the whole
-    parallel region until it is done. At idle priority (``SCHED_IDLE``) the worker runs only in the gaps
-    the model leaves (its serial Python sections, the optimizer step) and is preempted as soon as a
-    thread wants the core back. It also waits while other busy processes hold every core, hence the
-    ``normal`` choice for shared machines.
+    Workers are the parallelism; OpenCV's own pool would put one thread per core in every worker,
+    which then compete with the model's threads for the same cores.
     """
-    try:
-        if hasattr(os, "SCHED_IDLE"):
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-        else:
-            os.nice(19)
-    except OSError:
-        pass  # not permitted here: run at normal priority
+    import cv2
+
+    cv2.setNumThreads(1)
 
 
 def _seed_everything(seed: int, deterministic: bool) -> None:
@@ -332,10 +325,9 @@ class Trainer:
                                 seed=seed, loader=loader)
         val_ds = ImageDataset([paths[i] for i in val_rows], data.targets[val_rows],
                               build_transform(recipe, train=False, mean=mean, std=std, to_tensor=False), loader=loader)
-        on_cpu = self.accelerator.device.type == "cpu"
         common = dict(num_workers=workers, pin_memory=torch.cuda.is_available(),
                       persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
-                      worker_init_fn=_idle_worker if workers > 0 and on_cpu and recipe.data.worker_priority == "idle" else None)
+                      worker_init_fn=_single_threaded_worker if workers > 0 else None)
         self.generator = torch.Generator()
         tcfg = recipe.train
         sampler = None
