@@ -447,9 +447,6 @@ def decode_bytes(data: bytes) -> tuple[tuple[str | None, str, int] | None, Image
         ones): the caller then decodes the file with ``load_image``, which also names the reason
         of a failure.
     """
-    fast = _opencv_decode(data)
-    if fast is not None:
-        return fast
     try:
         im = Image.open(io.BytesIO(data))
         header = (im.format, im.mode, int(getattr(im, "n_frames", 1)))
@@ -465,19 +462,6 @@ def decode_bytes(data: bytes) -> tuple[tuple[str | None, str, int] | None, Image
         return header, _to_rgb(im)
     except Exception:  # truncated, corrupt EXIF, unsupported mode: load_image names the reason
         return header, None
-
-
-def _opencv_decode(data: bytes) -> tuple[tuple[str, str, int], Image.Image] | None:
-    """:func:`decode_bytes` for plain PNG/JPEG files (:func:`toolkit.data.images.decode_plain`):
-    OpenCV's pixels, which are Pillow's for them, and no ``Image.open`` to parse the header."""
-    from toolkit.data.images import decode_plain
-
-    array = decode_plain(data, keep_grey=True)
-    if array is None:
-        return None
-    fmt = "PNG" if data.startswith(b"\x89PNG") else "JPEG"
-    mode = "L" if array.ndim == 2 else "RGB"
-    return (fmt, mode, 1), Image.fromarray(array, mode)
 
 
 # --------------------------------------------------------------------------- hashing files
