@@ -120,8 +120,11 @@ def test_warm_decodes_what_is_missing_on_several_processes(tmp_path):
     cache = DecodedImageCache(tmp_path / "cache", short_side=24)
     cache.load(paths[0])  # one entry exists already
 
-    result = warm_cache(cache, [*paths, paths[1], broken], processes=2, chunk=16)
+    told = []
+    result = warm_cache(cache, [*paths, paths[1], broken], processes=2, chunk=16,
+                        on_start=lambda missing, procs: told.append((missing, procs)))
     assert (result.decoded, result.already, result.processes) == (79, 1, 2)
+    assert told == [(80, 2)]  # 79 to decode and the broken file
     assert [p for p, _ in result.errors] == [str(broken)] and result.errors[0][1]
     assert all(cache.has(p) for p in paths) and not cache.has(broken)
     fresh = DecodedImageCache(tmp_path / "cache", short_side=24)

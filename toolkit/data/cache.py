@@ -160,13 +160,14 @@ def _warm_chunk(base: str, short_side: int, paths: list[str]) -> tuple[int, list
 
 
 def warm_cache(cache: DecodedImageCache, paths: Sequence[str], processes: int, *, min_missing: int = 64,
-               chunk: int = 32) -> WarmResult:
+               chunk: int = 32, on_start: Callable[[int, int], None] | None = None) -> WarmResult:
     """Decode every image of ``paths`` that has no cache entry yet, on ``processes`` processes at once.
 
     Training calls this before its first epoch: the decodes then run on every core side by side,
     instead of inside the first epoch, where one loader worker decodes while the model's threads
     wait for it. Nothing is done for fewer than ``min_missing`` missing images or a single process
     (the epoch would decode them just as fast). Undecodable files are collected, not raised.
+    ``on_start(missing, processes)`` is called once the pool is about to start (to tell the user).
     """
     import time
     from concurrent.futures import ProcessPoolExecutor
@@ -184,6 +185,8 @@ def warm_cache(cache: DecodedImageCache, paths: Sequence[str], processes: int, *
     # fork: the children only decode (no torch), and start in milliseconds; elsewhere the platform default
     context = multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
     parts = [missing[i:i + chunk] for i in range(0, len(missing), chunk)]
+    if on_start is not None:
+        on_start(len(missing), processes)
     with ProcessPoolExecutor(processes, mp_context=context) as pool:
         for decoded, errors in pool.map(_warm_chunk, [str(cache.base)] * len(parts),
                                         [cache.short_side] * len(parts), parts):

@@ -109,11 +109,16 @@ def _check_images(df: pd.DataFrame, root: Path) -> None:
 
     bad = scan_images([str(root / p) for p in df["path"]], full_decode=False)
     if bad:
-        shown = "; ".join(f"{Path(p).relative_to(root) if Path(p).is_relative_to(root) else p}: {why}"
-                          for p, why in bad[:10])
-        more = f" (and {len(bad) - 10} more)" if len(bad) > 10 else ""
-        raise DataError(f"{len(bad)} unreadable image(s): {shown}{more}",
-                        "remove or replace them (or drop their rows from the manifest); `clsctl eda` lists them all")
+        raise bad_images_error(bad, root, "unreadable")
+
+
+def bad_images_error(bad: list[tuple[str, str]], root: Path, what: str) -> DataError:
+    """One error line naming the first ten ``(path, reason)`` pairs (paths relative to ``root``)."""
+    shown = "; ".join(f"{Path(p).relative_to(root) if Path(p).is_relative_to(root) else p}: {why}"
+                      for p, why in bad[:10])
+    more = f" (and {len(bad) - 10} more)" if len(bad) > 10 else ""
+    return DataError(f"{len(bad)} {what} image(s): {shown}{more}",
+                     "remove or replace them (or drop their rows from the manifest); `clsctl eda` lists them all")
 
 
 def parse_fold_selection(spec: str | None, available: list[int]) -> list[int]:

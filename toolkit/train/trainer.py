@@ -28,8 +28,8 @@ import pandas as pd
 import torch
 
 from toolkit.config.schema import Recipe
-from toolkit.errors import DataError, RunError, TrainingError
-from toolkit.train.data import load_training_data, parse_fold_selection
+from toolkit.errors import RunError, TrainingError
+from toolkit.train.data import bad_images_error, load_training_data, parse_fold_selection
 from toolkit.train.validate import validate_recipe
 
 Hook = Callable[..., None]
@@ -255,21 +255,22 @@ class Trainer:
             return
         paths = [str(data.root / p) for p in data.df["path"]]
         rank, world = accelerator.process_index, accelerator.num_processes
-        result = warm_cache(cache, paths[rank::world], _cores() // max(1, world))
+        def started(missing: int, processes: int) -> None:
+            share = f" in each of {world} ranks" if world > 1 else ""
+            accelerator.print(f"decoded cache: decoding {missing} image(s) on {processes} processes{share} "
+                              "before the first epoch…", flush=True)
+
+        result = warm_cache(cache, paths[rank::world], _cores() // max(1, world), on_start=started)
         errors = result.errors
         if world > 1:
             from accelerate.utils import gather_object
 
             errors = gather_object(errors)
         if errors:
-            shown = "; ".join(f"{Path(p).relative_to(data.root) if Path(p).is_relative_to(data.root) else p}: {why}"
-                              for p, why in errors[:10])
-            more = f" (and {len(errors) - 10} more)" if len(errors) > 10 else ""
-            raise DataError(f"{len(errors)} image(s) cannot be decoded: {shown}{more}",
-                            "remove or replace them (or drop their rows from the manifest); `clsctl eda` lists them all")
+            raise bad_images_error(errors, data.root, "undecodable")
         if result.decoded:
-            accelerator.print(f"decoded cache: {result.decoded} image(s) decoded on {result.processes} processes "
-                              f"in {result.seconds:.1f} s ({result.already} already cached)")
+            accelerator.print(f"decoded cache: {result.decoded} image(s) decoded in {result.seconds:.1f} s "
+                              f"({result.already} already cached)")
         if accelerator.is_main_process:
             run.update_info(cache_warm={"decoded": result.decoded, "already": result.already,
                                         "seconds": round(result.seconds, 3), "processes": result.processes})
