@@ -251,7 +251,7 @@ class Trainer:
 
         accelerator, data = self.accelerator, self.data
         cache = make_image_loader(self.recipe, ram_mb=0)
-        if not isinstance(cache, DecodedImageCache) or os.environ.get("CLSCTL_CACHE_WARM", "1") == "0":
+        if not isinstance(cache, DecodedImageCache):
             return
         paths = [str(data.root / p) for p in data.df["path"]]
         rank, world = accelerator.process_index, accelerator.num_processes
