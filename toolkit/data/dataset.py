@@ -78,8 +78,8 @@ class BatchNormalize:
     def __init__(self, mean: Sequence[float], std: Sequence[float], channels_last: bool = True) -> None:
         m = np.array(mean, dtype=np.float32) * 255.0
         d = np.reciprocal(np.array(std, dtype=np.float32) * 255.0)
-        self.mean = torch.from_numpy(m.astype(np.float32))
-        self.scale = torch.from_numpy(d.astype(np.float32))
+        self.mean = torch.from_numpy(m)
+        self.scale = torch.from_numpy(d)
         self.channels_last = channels_last
 
     def __call__(self, batch: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
