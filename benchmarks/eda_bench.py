@@ -10,8 +10,9 @@ What it measures (on ``$CLSCTL_DATA`` or ``../shared/data``):
 * Throughput on pacs-sketch and facemask-3class/crops. On the same files, with the same number
   of processes and the same chunking (eda sends a worker ``chunk_size(n, workers)`` images per
   task; the decode pool gets ``imap(..., chunksize=chunk_size(n, workers))``), page cache warm:
-  (1) a bare one-pass decode (``Image.open`` + ``convert("RGB")``), (2) the toolkit's own loader
-  (``load_image``), (3) ``run_eda`` in a fresh interpreter, and with ``--baseline-tree`` (4)
+  (1) a bare one-pass decode with Pillow (``Image.open`` + ``convert("RGB")``) and (2) with OpenCV
+  (``cv2.imread``, BGR as it comes, no checks), (3) the toolkit's own loader (``load_image_array``,
+  what training decodes with), (4) ``run_eda`` in a fresh interpreter, and with ``--baseline-tree`` (5)
   ``run_eda`` of another checkout of the repository (e.g. the previous commit, from
   ``git worktree add /tmp/eda-base HEAD``). The contenders run one after another in
   each of ``--rounds`` rounds, so slow phases of a shared machine hit all of them; the table gives
@@ -61,11 +62,17 @@ def _bare(path: str) -> int:
         return im.convert("RGB").size[0]
 
 
+def _bare_cv(path: str) -> int:
+    import cv2
+
+    return cv2.imread(path, cv2.IMREAD_COLOR).shape[1]
+
+
 def _toolkit(path: str) -> int:
-    from toolkit.data.images import load_image
+    from toolkit.data.images import load_image_array
 
     try:
-        return load_image(path).size[0]
+        return load_image_array(path).shape[1]
     except Exception:
         return 0
 
@@ -146,9 +153,11 @@ def throughput(name: str, folder: Path, workers: int, rounds: int, tmp: Path, ba
     files = [str(folder / p) for p in df["path"]]
     for f in files:  # warm the page cache: everyone decodes from memory
         Path(f).read_bytes()
-    rates: dict[str, list[float]] = {k: [] for k in ("bare", "load_image", "pass", "e2e", "base_pass", "base_e2e")}
+    rates: dict[str, list[float]] = {k: [] for k in ("bare", "bare_cv", "loader", "pass", "e2e", "base_pass",
+                                                     "base_e2e")}
     for r in range(rounds):
         rates["bare"].append(decode_rate(_bare, files, workers))
+        rates["bare_cv"].append(decode_rate(_bare_cv, files, workers))
         res = run_eda_child(folder, tmp / f"{name.replace('/', '_')}-{r}", workers)
         rates["pass"].append(res["n"] / res["pass_seconds"])
         rates["e2e"].append(res["n"] / res["seconds"])
@@ -156,12 +165,14 @@ def throughput(name: str, folder: Path, workers: int, rounds: int, tmp: Path, ba
             res = run_eda_child(folder, tmp / f"{name.replace('/', '_')}-base-{r}", workers, baseline)
             rates["base_pass"].append(res["n"] / res["pass_seconds"])
             rates["base_e2e"].append(res["n"] / res["seconds"])
-        rates["load_image"].append(decode_rate(_toolkit, files, workers))
+        rates["loader"].append(decode_rate(_toolkit, files, workers))
         print(f"  {name} round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in rates.items() if v),
               flush=True)
     rates = {k: v for k, v in rates.items() if v}
-    row = (f"| {name} | {len(files)} | {_spread(rates['bare'])} | {_spread(rates['load_image'])} | {_spread(rates['pass'])} | {_spread(rates['e2e'])} "
-           f"| {_ratio(rates['pass'], rates['bare'])} | {_ratio(rates['e2e'], rates['bare'])} |")
+    row = (f"| {name} | {len(files)} | {_spread(rates['bare'])} | {_spread(rates['bare_cv'])} "
+           f"| {_spread(rates['loader'])} | {_spread(rates['pass'])} | {_spread(rates['e2e'])} "
+           f"| {_ratio(rates['pass'], rates['bare'])} | {_ratio(rates['pass'], rates['bare_cv'])} "
+           f"| {_ratio(rates['e2e'], rates['bare'])} |")
     base = ""
     if baseline is not None:
         base = (f"| {name} | {_spread(rates['base_pass'])} | {_spread(rates['pass'])} "
@@ -202,8 +213,9 @@ def main() -> None:
         pacs = shared / "pacs-sketch"
     lines = [f"workers: {workers}, cpu cores: {os.cpu_count()}, python {sys.version.split()[0]}, "
              f"rounds: {args.rounds}", "",
-             "| data | images | bare decode img/s | load_image img/s | eda pass img/s | eda end-to-end img/s "
-             "| pass / bare | end-to-end / bare |", "|---|---|---|---|---|---|---|---|"]
+             "| data | images | bare Pillow decode img/s | bare OpenCV decode img/s | loader img/s "
+             "| eda pass img/s | eda end-to-end img/s | pass / bare Pillow | pass / bare OpenCV "
+             "| end-to-end / bare Pillow |", "|---|---|---|---|---|---|---|---|---|---|"]
     base_lines = ["", f"Baseline tree: {args.baseline_tree}", "",
                   "| data | baseline pass img/s | eda pass img/s | baseline pass / bare | eda pass / bare "
                   "| speed-up |", "|---|---|---|---|---|---|"]
@@ -211,7 +223,7 @@ def main() -> None:
     try:
         for name, folder in (("pacs-sketch", pacs), ("facemask-3class/crops", shared / "facemask-3class" / "crops")):
             if not folder.is_dir():
-                lines.append(f"| {name} | missing | | | | | | |")
+                lines.append(f"| {name} | missing | | | | | | | | |")
                 continue
             row, base = throughput(name, folder, workers, args.rounds, tmp, args.baseline_tree)
             lines.append(row)

@@ -284,16 +284,16 @@ def test_a_chunk_gives_what_single_files_give(folder: Path) -> None:
 
 def test_channel_sums_are_exact_at_the_limits() -> None:
     # 65,536 white pixels (a 256×256 plane) is the largest sum of squares at the stats resolution:
-    # 4,261,478,400, just under 2**32, where the 32-bit accumulators must still be exact.
-    from toolkit.data.eda import _batched_sums, _plane_sums
+    # 4,261,478,400, above 2**32, where the sums must still be exact integers.
+    from toolkit.clean.duplicates import plane_sums
 
     rng = np.random.default_rng(0)
-    white = np.full(256 * 256, 255, np.uint8).tobytes()
-    assert _plane_sums(white) == (65536 * 255, 65536 * 255 * 255)
-    bigger = rng.integers(0, 256, 300 * 300, dtype=np.uint8)
-    assert _plane_sums(bigger.tobytes()) == (int(bigger.sum(dtype=np.int64)), int((bigger.astype(np.int64) ** 2).sum()))
-    bands = [rng.integers(0, 256, n, dtype=np.uint8) for n in (1, 7, 4096, 300, 4096)]
-    bands[2][:] = 255
-    s, s2 = _batched_sums([b.tobytes() for b in bands])
-    assert s.tolist() == [int(b.sum(dtype=np.int64)) for b in bands]
-    assert s2.tolist() == [int((b.astype(np.int64) ** 2).sum()) for b in bands]
+    white = np.full((256, 256), 255, np.uint8)
+    assert plane_sums(white) == (65536 * 255, 65536 * 255 * 255)
+    assert plane_sums(Image.fromarray(white)) == (65536 * 255, 65536 * 255 * 255)
+    shapes = [(300, 300), (1, 1), (1, 7), (64, 64), (37, 251), (256, 256), (1000, 1000), (48, 48)]
+    shapes += [tuple(rng.integers(1, 257, 2)) for _ in range(200)]
+    for shape in shapes:
+        x = rng.integers(0, 256, shape, dtype=np.uint8)
+        x.flat[: x.size // int(rng.integers(1, 5))] = rng.choice([0, 255])
+        assert plane_sums(x) == (int(x.sum(dtype=np.int64)), int((x.astype(np.int64) ** 2).sum())), shape

@@ -69,6 +69,7 @@ from PIL import Image, ImageOps
 
 from toolkit.data.images import (
     _to_rgb,  # the loader's own conversion rules, not a copy of them
+    decode_plain_native,
     load_image,
 )
 from toolkit.errors import ImageError, UsageError
@@ -286,20 +287,15 @@ def perceptual_hash(image: Image.Image) -> tuple[int | None, int | None]:
 
 _GREY_TAG = b"grey"
 _RGB_TAG = b"rgb\0"
-# Up to this many pixels, one interleaved pack sliced into planes beats three per-band packs.
-_SMALL_PIXELS = 4096
 
 
-def planes(image: Image.Image) -> list[bytes]:
-    """The red, green and blue planes of an RGB image (row-major bytes each)."""
-    w, h = image.size
-    if w * h <= _SMALL_PIXELS:
-        raw = image.tobytes()
-        return [raw[0::3], raw[1::3], raw[2::3]]
-    return [image.tobytes("raw", band) for band in "RGB"]
+def _cv2() -> Any:
+    import cv2
+
+    return cv2
 
 
-def _digest(width: int, height: int, bands: Sequence[bytes], grey: bool) -> str:
+def _digest(width: int, height: int, bands: Sequence[Any], grey: bool) -> str:
     # The size goes in too: a 2×8 and a 4×4 image with the same bytes are different images.
     h = hashlib.sha1((_GREY_TAG if grey else _RGB_TAG) + struct.pack("<qq", height, width), usedforsecurity=False)
     for band in bands[:1] if grey else bands:
@@ -328,28 +324,94 @@ def pixel_digest(array: np.ndarray) -> str:
     return _digest(a.shape[1], a.shape[0], bands, bands[0] == bands[1] == bands[2])
 
 
-def summarize_pixels(image: Image.Image) -> tuple[str, bool, Image.Image, list[bytes]]:
-    """Pixel digest and grayscale test of a decoded image, and its cheapest working form.
+class Decoded:
+    """A decoded image as the per-image passes use it: size, pixel digest, grayscale flag, planes.
 
-    Args:
-        image: ``RGB``, or ``L`` standing for the RGB image with three copies of its plane (what
-            :func:`toolkit.data.images.load_image` makes of an opaque grey file).
+    Built once per file (:func:`decode_data`, :meth:`from_image`): the planes serve the digest,
+    the grayscale test and the channel statistics, and an image whose three channels are equal
+    continues as its one plane (a third of the work; Pillow filters an ``L`` plane exactly as each
+    channel of the RGB image, so the 32×32 layout and the hashes are unchanged).
+
+    Attributes:
+        width, height: Size in pixels (as displayed: EXIF rotation applied).
+        grey: True when red, green and blue are equal everywhere.
+        digest: :func:`pixel_digest` of the RGB pixels.
+        planes: ``H x W`` C-contiguous ``uint8`` arrays: R, G, B, or the one plane when ``grey``.
+    """
+
+    __slots__ = ("width", "height", "grey", "digest", "planes", "_pixels", "_order", "_image")
+
+    def __init__(self, pixels: np.ndarray, order: str = "RGB", image: Image.Image | None = None) -> None:
+        """Args:
+            pixels: ``H x W`` (a grey image) or ``H x W x 3`` C-contiguous ``uint8``.
+            order: Channel order of a 3-channel ``pixels``: ``"RGB"`` or ``"BGR"`` (OpenCV's).
+            image: The same pixels as a Pillow image, when the caller has one (saves a copy).
+        """
+        self.height, self.width = pixels.shape[:2]
+        self._pixels, self._order, self._image = pixels, order, image
+        if pixels.ndim == 2:
+            self.grey, self.planes = True, [pixels]
+        else:
+            cv2 = _cv2()
+            first, g, last = cv2.split(pixels)
+            r, b = (first, last) if order == "RGB" else (last, first)
+            self.grey = cv2.norm(r, g, cv2.NORM_INF) == 0 and cv2.norm(r, b, cv2.NORM_INF) == 0
+            self.planes = [r] if self.grey else [r, g, b]
+        self.digest = _digest(self.width, self.height, self.planes, self.grey)
+
+    @classmethod
+    def from_image(cls, image: Image.Image) -> Decoded:
+        """From an ``RGB`` image, or an ``L`` image standing for three equal channels (what
+        :func:`toolkit.data.images.load_image` makes of an opaque grey file)."""
+        if image.mode not in ("RGB", "L"):
+            raise ValueError(f"expected an RGB or L image, got mode {image.mode}")
+        return cls(np.asarray(image, dtype=np.uint8), "RGB", image)
+
+    def working(self) -> Image.Image:
+        """The image to filter: an ``L`` image of the one plane when grey, else the RGB image."""
+        if self.grey:
+            plane = self.planes[0]
+            if self._image is not None and self._image.mode == "L":
+                return self._image
+            return Image.frombuffer("L", (self.width, self.height), plane, "raw", "L", 0, 1)
+        if self._image is not None:
+            return self._image
+        return Image.frombuffer("RGB", (self.width, self.height), self._pixels, "raw", self._order, 0, 1)
+
+
+def plane_sums(plane: Any) -> tuple[int, int]:
+    """Exact sums of ``x`` and ``x²`` over an ``H x W`` ``uint8`` plane (array or Pillow ``L`` image).
+
+    OpenCV returns both as float64, a few units in the last place off a whole number for the sum of
+    squares (its ``NORM_L2SQR`` is not computed in integers): far below 0.5 at these magnitudes (a
+    256×256 plane of 255s sums to 4,261,478,400 squared units, float64 resolves 2**-20 there), so
+    rounding gives the exact integers (tested against numpy on extreme and random planes).
+    """
+    cv2 = _cv2()
+    x = plane if isinstance(plane, np.ndarray) else np.asarray(plane, dtype=np.uint8)
+    return round(cv2.sumElems(x)[0]), round(cv2.norm(x, cv2.NORM_L2SQR))
+
+
+def decode_data(data: bytes) -> tuple[tuple[str | None, str, int] | None, Decoded | None]:
+    """Header and :class:`Decoded` pixels of an image file already in memory, as the loader decodes them.
+
+    Plain 8-bit RGB or grey PNG/JPEG files are decoded by OpenCV
+    (:func:`toolkit.data.images.decode_plain_native`: the loader's pixels, faster); everything else
+    by Pillow (:func:`decode_bytes`). Run it as :func:`decode_bytes` says.
 
     Returns:
-        ``(digest, grey, working, bands)``: ``grey`` is True when the three channels are equal
-        everywhere; ``working`` is then an ``L`` image of the one plane (filters run three times
-        faster on it and give the same values), else the RGB image; ``bands`` are its planes.
+        ``(header, decoded)`` as :func:`decode_bytes` returns ``(header, image)``: ``decoded`` is
+        None when the caller must fall back to :func:`toolkit.data.images.load_image`.
     """
-    w, h = image.size
-    if image.mode == "L":
-        bands = [image.tobytes()]
-        return _digest(w, h, bands, True), True, image, bands
-    bands = planes(image)
-    grey = bands[0] == bands[1] == bands[2]
-    digest = _digest(w, h, bands, grey)
-    if not grey:
-        return digest, False, image, bands
-    return digest, True, Image.frombuffer("L", (w, h), bands[0], "raw", "L", 0, 1), bands[:1]
+    try:
+        native = decode_plain_native(data)
+    except Exception:  # an OpenCV surprise: Pillow decides (and names any problem)
+        native = None
+    if native is not None:
+        fmt, pixels = native
+        return (fmt, "L" if pixels.ndim == 2 else "RGB", 1), Decoded(pixels, "BGR")
+    header, image = decode_bytes(data)
+    return header, (None if image is None else Decoded.from_image(image))
 
 
 def hash_image(image: Image.Image, reduced: Image.Image | None = None) -> tuple[str, int | None, int | None]:
@@ -362,11 +424,11 @@ def hash_image(image: Image.Image, reduced: Image.Image | None = None) -> tuple[
     Returns:
         ``(pixel_hash, phash, phash_flip)``.
     """
-    digest, _, working, _ = summarize_pixels(image)
+    decoded = Decoded.from_image(image)
     if reduced is None:
-        reduced = reduce_image(working)
+        reduced = reduce_image(decoded.working())
     _, phash, flip = layout(reduced)
-    return digest, phash, flip
+    return decoded.digest, phash, flip
 
 
 def hamming(a: Any, b: Any) -> Any:
@@ -479,17 +541,16 @@ def _hash_chunk(paths: Sequence[str]) -> list[tuple[str | None, str | None, int 
                 rows.append((None, None, None, None))
                 continue
             sha1 = hashlib.sha1(data, usedforsecurity=False).hexdigest()
-            image = decode_bytes(data)[1] if data else None
-            if image is None:
+            decoded = decode_data(data)[1] if data else None
+            if decoded is None:
                 try:
-                    image = load_image(path)
+                    decoded = Decoded.from_image(load_image(path))
                 except ImageError:
                     rows.append((sha1, None, None, None))
                     continue
-            digest, _, working, _ = summarize_pixels(image)
             hashed.append(len(rows))
-            rows.append((sha1, digest, None, None))
-            tinies.append(tiny_bytes(reduce_image(working)))
+            rows.append((sha1, decoded.digest, None, None))
+            tinies.append(tiny_bytes(reduce_image(decoded.working())))
     _, phash, flip = layout_batch(stack_tiny(tinies))
     for k, i in enumerate(hashed):
         rows[i] = (rows[i][0], rows[i][1], phash[k], flip[k])

@@ -84,7 +84,6 @@ import math
 import os
 import re
 import sys
-import threading
 import time
 import warnings
 from collections.abc import Iterable, Sequence
@@ -97,20 +96,20 @@ from PIL import Image
 
 from toolkit.clean.duplicates import (
     DEFAULT_NEAR_DISTANCE,
+    Decoded,
     _popcount,
     chunk_size,
-    decode_bytes,
+    decode_data,
     default_workers,
     duplicate_groups,
     duplicate_pairs,
     hashes_frame,
     imap_ordered,
     layout_batch,
-    planes,
+    plane_sums,
     read_file,
     reduce_image,
     stack_tiny,
-    summarize_pixels,
     tiny_bytes,
     workspace,
 )
@@ -239,15 +238,10 @@ def downscale_for_stats(image: Image.Image, max_side: int = STATS_MAX_SIDE) -> I
     return reduce_image(image, max_side)
 
 
-# Sums of x² over n pixels stay below 2**32 while n * 255**2 does: then uint32 sums are exact
-# (with half the memory traffic of uint64). A 256 px long side means at most 65,536 pixels.
-_U32_PIXELS = (2**32 - 1) // (255 * 255)
 # Per image: (ok, reason, bytes, format, mode, frames, width, height, grayscale, sha1, pixel_hash).
 _ROW_KEYS = ("ok", "reason", "bytes", "format", "mode", "frames", "width", "height", "grayscale",
              "sha1", "pixel_hash")
 _FEATURE_KEYS = ("colorfulness", "edge_density", "content_width", "content_height")
-# Planes up to this many pixels are summed per chunk in one go; bigger ones one by one.
-_BATCH_PIXELS = 4096
 
 
 def _luma(rgb: np.ndarray) -> np.ndarray:
@@ -303,43 +297,6 @@ def _features(tiny: np.ndarray, grey: np.ndarray) -> np.ndarray:
     return np.column_stack([colorfulness, edges, extent(mask.any(axis=1)), extent(mask.any(axis=2))])
 
 
-def _plane_sums(band: bytes) -> tuple[int, int]:
-    """Exact sums of x and x² of one plane (integer accumulators; no plane-sized temporary)."""
-    x = np.frombuffer(band, np.uint8)
-    wide = np.uint32 if x.size <= _U32_PIXELS else np.uint64
-    return int(np.add.reduce(x, dtype=wide)), int(np.einsum("i,i->", x, x, dtype=wide, casting="unsafe"))
-
-
-def _batched_sums(bands: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_plane_sums` of many small planes at once (sums of x and x², one entry per plane)."""
-    sizes = np.fromiter((len(b) for b in bands), np.int64, len(bands))
-    starts = np.zeros(len(bands), np.int64)
-    np.cumsum(sizes[:-1], out=starts[1:])
-    total = int(sizes.sum())
-    # Copied into a reused buffer: joining up to a few hundred KB afresh per chunk would map new
-    # memory (and fault on every page) each time.
-    joined = _join_buffer(total)
-    pos = 0
-    for band in bands:
-        joined[pos:pos + len(band)] = band
-        pos += len(band)
-    x = workspace("sums", (total,), np.uint32)
-    np.copyto(x, np.frombuffer(joined, np.uint8, count=total))
-    s = np.add.reduceat(x, starts)
-    return s, np.add.reduceat(np.multiply(x, x, out=x), starts)
-
-
-_JOIN = threading.local()
-
-
-def _join_buffer(size: int) -> bytearray:
-    buf = getattr(_JOIN, "buf", None)
-    if buf is None or len(buf) < size:
-        buf = bytearray(max(size, 1 << 16))
-        _JOIN.buf = buf
-    return buf
-
-
 def _header(data: bytes) -> tuple[str | None, str, int] | None:
     """Format, mode and frames of a file whose pixels may not decode (a truncated file has them)."""
     try:
@@ -351,61 +308,69 @@ def _header(data: bytes) -> tuple[str | None, str, int] | None:
         return None
 
 
-def _measure(image: Image.Image, want_thumb: bool) -> tuple[tuple[Any, ...], list[bytes], bytes,
-                                                            tuple[Any, ...] | None]:
-    """Size, grayscale, pixel digest, planes for the statistics, 32×32 layout and thumbnail.
+_Sums = tuple[int, list[int], list[int]]
+
+
+def _measure(decoded: Decoded, want_thumb: bool) -> tuple[_Sums, bytes, tuple[Any, ...] | None]:
+    """Channel sums at the stats resolution, the 32×32 layout bytes and the thumbnail of one image.
 
     Returns:
-        ``((width, height, grey, digest), bands, tiny, thumb)``: ``bands`` are the planes of the
-        image reduced to :data:`STATS_MAX_SIDE` (one when the image is grey), ``thumb`` is None
-        unless wanted.
+        ``((n, s, s2), tiny, thumb)``: ``n`` pixels at :data:`STATS_MAX_SIDE`, exact sums of ``x``
+        and ``x²`` per channel (R, G, B), ``thumb`` ``(size, RGB bytes)`` or None unless wanted.
     """
-    width, height = image.size
-    digest, grey, working, bands = summarize_pixels(image)
+    working = decoded.working()
     small = downscale_for_stats(working)
-    if small is not working:
-        bands = [small.tobytes()] if grey else planes(small)
+    if small is working:
+        stat_planes: list[Any] = decoded.planes
+    elif decoded.grey:
+        stat_planes = [small]
+    else:
+        stat_planes = list(small.split())
+    sums = [plane_sums(p) for p in stat_planes]
+    if len(sums) == 1:  # grey: one plane stands for three equal ones
+        sums *= 3
+    n = small.size[0] * small.size[1]
     thumb = None
     if want_thumb:
         t = small.convert("RGB")  # a copy, also of an RGB image: thumbnail() works in place
         t.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BOX)
         thumb = (t.size, t.tobytes())
-    return (width, height, grey, digest), bands, tiny_bytes(small), thumb
+    return (n, [v[0] for v in sums], [v[1] for v in sums]), tiny_bytes(small), thumb
 
 
-def _analyze_file(path: str, want_thumb: bool) -> tuple[tuple[Any, ...], list[bytes] | None, bytes | None,
+def _analyze_file(path: str, want_thumb: bool) -> tuple[tuple[Any, ...], _Sums | None, bytes | None,
                                                          tuple[Any, ...] | None]:
     """Everything EDA needs from one file, from one read and (nearly always) one decode.
 
     Returns:
-        ``(row, bands, tiny, thumb)``: ``row`` follows ``_ROW_KEYS``; ``bands`` (planes for the
-        statistics), ``tiny`` (32×32 layout bytes) and ``thumb`` (``(size, RGB bytes)``) are None
-        when not made (unreadable file, or no thumbnail wanted).
+        ``(row, sums, tiny, thumb)``: ``row`` follows ``_ROW_KEYS``; ``sums`` (``(n, s, s2)`` for
+        the statistics), ``tiny`` (32×32 layout bytes) and ``thumb`` (``(size, RGB bytes)``) are
+        None when not made (unreadable file, or no thumbnail wanted).
     """
     data = read_file(path)  # None: load_image below names the reason (missing, a folder, ...)
-    n_bytes = sha1 = header = image = None
+    n_bytes = sha1 = header = decoded = None
     if data:
         n_bytes = len(data)
         sha1 = hashlib.sha1(data, usedforsecurity=False).hexdigest()
-        header, image = decode_bytes(data)
-    if image is None:
+        header, decoded = decode_data(data)
+    if decoded is None:
         # The header from the bytes already in memory: a file whose header parses but whose
         # pixels don't (truncated) still has a format/mode.
         if data and header is None:
             header = _header(data)
         try:
-            image = load_image(path)
+            decoded = Decoded.from_image(load_image(path))
         except (ImageError, MemoryError) as e:
             reason = e.reason if isinstance(e, ImageError) else "out of memory while decoding"
             return (False, reason, n_bytes, *(header or (None, None, None)), None, None, None, sha1, None), \
                 None, None, None
     try:
-        (width, height, grey, digest), bands, tiny, thumb = _measure(image, want_thumb)
+        sums, tiny, thumb = _measure(decoded, want_thumb)
     except Exception as e:  # an image that decodes but breaks a measurement must not stop the run
         return (False, f"analysis failed: {type(e).__name__}: {e}", n_bytes, *(header or (None, None, None)),
                 None, None, None, sha1, None), None, None, None
-    return (True, None, n_bytes, *(header or (None, None, None)), width, height, grey, sha1, digest), \
-        bands, tiny, thumb
+    return (True, None, n_bytes, *(header or (None, None, None)), decoded.width, decoded.height, decoded.grey,
+            sha1, decoded.digest), sums, tiny, thumb
 
 
 def _analyze_chunk(tasks: Sequence[tuple[str, bool]]) -> dict[str, Any]:
@@ -424,39 +389,19 @@ def _analyze_chunk(tasks: Sequence[tuple[str, bool]]) -> dict[str, Any]:
     tinies: list[bytes] = []
     done: list[int] = []
     thumbs: dict[int, tuple[Any, ...]] = {}
-    # Small planes are summed together at the end (one set of numpy calls for the chunk):
-    # where they go in ``s``, and which summed plane each entry takes.
-    small_bands: list[bytes] = []
-    small_rows: list[int] = []
-    small_src: list[int] = []
     with warnings.catch_warnings():
         # As load_image: an image over Pillow's pixel limit is an error, not a warning and a decode.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         for k, (path, want_thumb) in enumerate(tasks):
-            row, bands, tiny, thumb = _analyze_file(path, want_thumb)
+            row, sums, tiny, thumb = _analyze_file(path, want_thumb)
             rows.append(row)
             if thumb is not None:
                 thumbs[k] = thumb
-            if bands is None:
+            if sums is None:
                 continue
             tinies.append(tiny)
             done.append(k)
-            n[k] = len(bands[0])
-            if n[k] <= _BATCH_PIXELS:
-                first = len(small_bands)
-                small_bands += bands
-                small_rows += (k, k, k)
-                small_src += (first, first, first) if len(bands) == 1 else (first, first + 1, first + 2)
-            elif len(bands) == 1:  # grey: one plane stands for three equal ones
-                s[k], s2[k] = _plane_sums(bands[0])
-            else:
-                for c, band in enumerate(bands):
-                    s[k, c], s2[k, c] = _plane_sums(band)
-    if small_bands:
-        sums, squares = _batched_sums(small_bands)
-        where = (np.array(small_rows), np.tile(np.arange(3), len(small_rows) // 3))
-        s[where] = sums[small_src]
-        s2[where] = squares[small_src]
+            n[k], s[k], s2[k] = sums
     out: dict[str, Any] = {key: list(col) for key, col in zip(_ROW_KEYS, zip(*rows, strict=True), strict=True)}
     phash: list[int | None] = [None] * size
     flip: list[int | None] = [None] * size

@@ -48,6 +48,7 @@ __all__ = [
     "is_image_file",
     "load_image",
     "decode_plain",
+    "decode_plain_native",
     "load_image_array",
     "read_image_header",
     "scan_images",
@@ -225,6 +226,8 @@ def _plain_channels(data: bytes) -> int | None:
                 return None  # may carry an orientation: Pillow applies it
             if marker == 0xEE and segment.startswith(b"Adobe"):
                 return None  # colour transform flags (CMYK, RGB-coded files)
+            if marker == 0xE2 and segment.startswith(b"MPF\x00"):
+                return None  # a multi-picture file (MPO): Pillow reports its frames
             if marker in _JPEG_SOF:
                 if len(segment) < 6 or segment[0] != 8:
                     return None
@@ -264,18 +267,38 @@ def decode_plain(data: bytes, keep_grey: bool = False) -> np.ndarray | None:
     Returns:
         ``H x W x 3`` RGB ``uint8``, or ``H x W`` for a grey file when ``keep_grey``.
     """
+    native = decode_plain_native(data)
+    if native is None:
+        return None
+    import cv2
+
+    pixels = native[1]
+    if pixels.ndim == 2:
+        return pixels if keep_grey else cv2.cvtColor(pixels, cv2.COLOR_GRAY2RGB)
+    return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
+
+
+def decode_plain_native(data: bytes) -> tuple[str, np.ndarray] | None:
+    """:func:`decode_plain` without the conversion to RGB: OpenCV's own layout, no extra copy.
+
+    Returns:
+        ``(format, pixels)``: ``format`` is ``"PNG"`` or ``"JPEG"``; ``pixels`` is ``H x W`` for a
+        grey file and ``H x W x 3`` in OpenCV's **BGR** order otherwise (C-contiguous ``uint8``);
+        None when the file is not plain (see :func:`decode_plain`) or OpenCV refuses it.
+    """
     channels = _plain_channels(data)
     if channels is None:
         return None
     import cv2
 
     flags = (cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR) | cv2.IMREAD_IGNORE_ORIENTATION
-    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    try:
+        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    except cv2.error:
+        return None
     if decoded is None or decoded.ndim != (2 if channels == 1 else 3):
         return None
-    if channels == 1:
-        return decoded if keep_grey else cv2.cvtColor(decoded, cv2.COLOR_GRAY2RGB)
-    return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
+    return ("PNG" if data.startswith(_PNG_SIGNATURE) else "JPEG"), decoded
 
 
 def read_image_header(path: str | os.PathLike[str]) -> ImageHeader:
