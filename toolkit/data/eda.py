@@ -14,22 +14,23 @@
   outlier features and score, unreadable reason).
 
 One pass: a worker process reads each file once, hashes its bytes, and decodes those bytes in
-memory with the loader's own rules (:func:`toolkit.clean.duplicates.decode_bytes`: the same
-pixels :func:`toolkit.data.images.load_image` gives, so EDA sees what training will see; an
-unusual file, e.g. multi-frame or corrupt, goes through ``load_image`` itself, which also names
-the reason of a failure). It returns a small record (numbers and hashes; pixels only for the few
-thumbnails). Memory therefore grows with the number of images only by that record, and the
-duplicate search is sub-quadratic (see :func:`toolkit.clean.duplicates.duplicate_pairs`).
-Unreadable files are recorded with their reason and never stop the run.
+memory with the loader's own rules (:func:`toolkit.clean.duplicates.decode_data`: plain 8-bit RGB
+or grey PNG/JPEG files by OpenCV, everything else by Pillow, the same pixels
+:func:`toolkit.data.images.load_image` gives, so EDA sees what training will see; an unusual file,
+e.g. multi-frame or corrupt, goes through ``load_image`` itself, which also names the reason of a
+failure). It returns a small record (numbers and hashes; pixels only for the few thumbnails).
+Memory therefore grows with the number of images only by that record, and the duplicate search is
+sub-quadratic (see :func:`toolkit.clean.duplicates.duplicate_pairs`). Unreadable files are
+recorded with their reason and never stop the run.
 
 Where the time goes: for the small images of typical competition sets the decode itself costs
-well under a millisecond, so everything else is kept to a few whole-array operations. Each
-image is packed into planes once (digest, grayscale test and statistics share them; a grey-
-looking image continues as one plane), then box-filtered to 32×32 by Pillow; a worker handles a
-chunk of images at a time, and the perceptual hashes, outlier features and the sums of small
-images are computed for the whole chunk in a few stacked numpy calls, in reused buffers (fresh
-memory costs a page fault per 4 KiB, more than the arithmetic on it). ``benchmarks/eda_bench.py``
-measures the pass against a bare decode of the same files.
+well under a millisecond, so everything else is kept to a few calls per image. Each image is split
+into planes once (digest, grayscale test and statistics share them; a grey-looking image continues
+as one plane), its channel sums come from two OpenCV reductions per plane, and it is box-filtered
+to 32×32 by Pillow; a worker handles a chunk of images at a time, and the perceptual hashes and
+outlier features are computed for the whole chunk in a few stacked numpy calls, in reused buffers
+(fresh memory costs a page fault per 4 KiB, more than the arithmetic on it).
+``benchmarks/eda_bench.py`` measures the pass against a bare decode of the same files.
 
 Dataset statistics (``stats``) are computed on every readable image downscaled (box filter, aspect
 kept) so that its long side is at most :data:`STATS_MAX_SIDE` = 256 pixels; smaller images are
@@ -96,7 +97,9 @@ from PIL import Image
 
 from toolkit.clean.duplicates import (
     DEFAULT_NEAR_DISTANCE,
+    REDUCED_SIDE,
     Decoded,
+    _cv2,
     _popcount,
     chunk_size,
     decode_data,
@@ -130,7 +133,7 @@ __all__ = [
 ]
 
 #: Long side (pixels) images are box-downscaled to before dataset statistics are accumulated.
-STATS_MAX_SIDE = 256
+STATS_MAX_SIDE = REDUCED_SIDE  # 256, as the perceptual hash: one reduction serves both
 #: Long side of a thumbnail in the grids.
 THUMB_SIDE = 96
 # The per-image features the outlier score compares, each with the smallest spread it is measured
@@ -318,24 +321,25 @@ def _measure(decoded: Decoded, want_thumb: bool) -> tuple[_Sums, bytes, tuple[An
         ``((n, s, s2), tiny, thumb)``: ``n`` pixels at :data:`STATS_MAX_SIDE`, exact sums of ``x``
         and ``x²`` per channel (R, G, B), ``thumb`` ``(size, RGB bytes)`` or None unless wanted.
     """
-    working = decoded.working()
-    small = downscale_for_stats(working)
-    if small is working:
+    if max(decoded.width, decoded.height) <= STATS_MAX_SIDE:  # used as it is
+        small = None
         stat_planes: list[Any] = decoded.planes
-    elif decoded.grey:
-        stat_planes = [small]
-    else:
-        stat_planes = list(small.split())
+        n = decoded.width * decoded.height
+        tiny = decoded.tiny_bytes()
+    else:  # box-reduced once, for the statistics and the layout (both at 256 px)
+        small = downscale_for_stats(decoded.working())
+        stat_planes = [small] if decoded.grey else list(small.split())
+        n = small.size[0] * small.size[1]
+        tiny = tiny_bytes(small)
     sums = [plane_sums(p) for p in stat_planes]
     if len(sums) == 1:  # grey: one plane stands for three equal ones
         sums *= 3
-    n = small.size[0] * small.size[1]
     thumb = None
     if want_thumb:
-        t = small.convert("RGB")  # a copy, also of an RGB image: thumbnail() works in place
+        t = (small if small is not None else decoded.working()).convert("RGB")  # a copy: thumbnail() works in place
         t.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BOX)
         thumb = (t.size, t.tobytes())
-    return (n, [v[0] for v in sums], [v[1] for v in sums]), tiny_bytes(small), thumb
+    return (n, [v[0] for v in sums], [v[1] for v in sums]), tiny, thumb
 
 
 def _analyze_file(path: str, want_thumb: bool) -> tuple[tuple[Any, ...], _Sums | None, bytes | None,
@@ -619,7 +623,10 @@ def run_eda(manifest_df: pd.DataFrame, root: str | os.PathLike[str] | None = Non
                                                       *_FEATURE_KEYS)}
     thumb_pixels: dict[int, Image.Image] = {}
     pass_start = time.perf_counter()
-    Image.preinit()  # the common format plugins, loaded once here rather than in every worker
+    # The common format plugins and OpenCV (the plain-file decoder), loaded once here rather than
+    # in every worker.
+    Image.preinit()
+    _cv2()
     with _Progress(len(tasks), progress, "eda") as bar:
         offset = 0
         for part in imap_ordered(_analyze_chunk, chunks, n_workers, chunksize=1):
