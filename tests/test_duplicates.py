@@ -20,7 +20,7 @@ from toolkit.clean.duplicates import (
     image_hashes,
     perceptual_hash,
 )
-from toolkit.data.images import load_image
+from toolkit.data.images import decode_plain_native, load_image
 from toolkit.errors import DataError, UsageError
 
 
@@ -270,6 +270,76 @@ def test_decode_bytes_leaves_unusual_files_to_the_loader(tmp_path: Path) -> None
     assert dup.decode_bytes(b"not an image") == (None, None)
     header, image = dup.decode_bytes((tmp_path / "grey_mode.png").read_bytes())
     assert header == ("PNG", "L", 1) and image.mode == "L"
+
+
+def test_decode_data_gives_the_pillow_path_results_for_every_file(tmp_path: Path) -> None:
+    # Plain PNG/JPEG files are decoded by OpenCV (BGR, no copy to RGB), the rest by Pillow: header,
+    # size, grayscale flag, digest, planes and the 32x32 layout must not depend on which.
+    names = mode_zoo(tmp_path)
+    rgb = scene(6, size=40)
+    grey = rgb[..., 0]
+    extra = {"plain.jpg": (rgb, {"quality": 90}), "progressive.jpg": (rgb, {"progressive": True}),
+             "grey.jpg": (grey, {}), "grey_looking.jpg": (np.repeat(grey[..., None], 3, 2), {"quality": 100}),
+             "small.png": (rgb[:21, :25], {}), "small_grey.png": (grey[:9, :30], {}),
+             "tall.png": (scene(2, size=128)[:, :40], {}), "interlaced.png": (rgb, {"interlace": 1})}
+    for name, (pixels, kw) in extra.items():
+        Image.fromarray(pixels).save(tmp_path / name, **kw)
+        names.append(name)
+    opencv = set()
+    for name in names:
+        data = (tmp_path / name).read_bytes()
+        header, decoded = dup.decode_data(data)
+        if name == "animated.gif":
+            assert decoded is None and header == ("GIF", "P", 2)
+            continue
+        if decode_plain_native(data) is not None:
+            opencv.add(name)
+        pillow_header, image = dup.decode_bytes(data)
+        assert header == pillow_header, name
+        reference = dup.Decoded.from_image(image)
+        pixels = np.asarray(load_image(tmp_path / name))
+        assert (decoded.width, decoded.height) == (pixels.shape[1], pixels.shape[0]), name
+        assert decoded.grey == reference.grey == bool((pixels == pixels[..., :1]).all()), name
+        assert decoded.digest == reference.digest == dup.pixel_digest(pixels), name
+        expected = [pixels[..., 0]] if decoded.grey else [pixels[..., c] for c in range(3)]
+        assert all(np.array_equal(a, b) for a, b in zip(decoded.planes, expected, strict=True)), name
+        assert decoded.tiny_bytes() == reference.tiny_bytes(), name
+        # The same 32x32 planes as the loader's RGB image filtered by Pillow (an L layout fills all three).
+        loader_tiny = dup.stack_tiny([dup.tiny_bytes(dup.reduce_image(load_image(tmp_path / name)))]).copy()
+        assert np.array_equal(dup.stack_tiny([decoded.tiny_bytes()]), loader_tiny), name
+    assert opencv == {"rgb.png", "grey_mode.png", "grey_looking_rgb.png", *extra}  # EXIF, CMYK, ...: Pillow
+
+
+def test_small_layouts_in_numpy_are_pillows_box_filter(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Up to 32 px a side the 32x32 layout is two gathers; it must equal Pillow's BOX resize exactly,
+    # and the Pillow path (taken when the once-per-process check fails) must give the same bytes.
+    rng = np.random.default_rng(11)
+    assert dup._box32_agrees()
+    for h in range(1, 41):
+        for w in range(1, 41, 3):
+            for shape in ((h, w), (h, w, 3)):
+                x = rng.integers(0, 256, shape, dtype=np.uint8)
+                got = dup._box32(x)
+                if max(h, w) > 32:
+                    assert got is None
+                    continue
+                ref = Image.fromarray(x).resize((32, 32), Image.Resampling.BOX)
+                assert got is not None and got.tobytes() == ref.tobytes(), shape
+    x = rng.integers(0, 256, (17, 29, 3), dtype=np.uint8)
+    fast = dup.Decoded(x, "BGR").tiny_bytes()
+    monkeypatch.setattr(dup, "_box32_agrees", lambda: False)
+    assert dup.Decoded(x, "BGR").tiny_bytes() == fast == dup.Decoded(x[..., ::-1].copy(), "RGB").tiny_bytes()
+
+
+def test_multi_picture_jpeg_goes_to_pillow(tmp_path: Path) -> None:
+    first, second = Image.fromarray(scene(3)), Image.fromarray(scene(4))
+    first.save(tmp_path / "pair.mpo", save_all=True, append_images=[second])
+    data = (tmp_path / "pair.mpo").read_bytes()
+    assert decode_plain_native(data) is None
+    header, decoded = dup.decode_data(data)
+    assert header == ("MPO", "RGB", 2) and decoded is None  # several frames: load_image decodes the first
+    assert image_hashes(["pair.mpo"], tmp_path, workers=1)["pixel_hash"].iloc[0] \
+        == dup.pixel_digest(np.asarray(load_image(tmp_path / "pair.mpo")))
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX FIFOs")
