@@ -35,8 +35,9 @@ nearly uniform image (its 32×32 grey version has a standard deviation below one
 layout to hash: its ``phash``/``phash_flip`` are missing and it only takes part in exact and pixel
 matching (otherwise a black and a white image would be "near duplicates"). Files are hashed in
 chunks: the per-image work is the decode (OpenCV for plain PNG/JPEG files, as the loader does), the
-planes and the Pillow resizes, and the DCTs of a
-whole chunk run as a few stacked numpy calls (each image's result is the same whatever the chunk).
+planes and the 32×32 box filter (Pillow's, or its exact numpy twin for images of at most 32 px),
+and the DCTs of a whole chunk run as a few stacked numpy calls (each image's result is the same
+whatever the chunk).
 
 Pairs are a graph, not a full list of all pairs: within a cluster of identical files (or
 identical pixels, or identical hashes) every member is paired with the cluster's first path
@@ -188,6 +189,7 @@ def _box_enlarge_index(in_size: int) -> np.ndarray | None:
     scale = in_size / out
     index = []
     for xx in range(out):
+        # Pillow's expressions as they are (support 0.5, scale factor 1), float rounding included.
         center = (xx + 0.5) * scale
         xmin = max(int(center - 0.5 + 0.5), 0)
         xmax = min(int(center + 0.5 + 0.5), in_size) - xmin

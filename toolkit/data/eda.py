@@ -27,7 +27,8 @@ Where the time goes: for the small images of typical competition sets the decode
 well under a millisecond, so everything else is kept to a few calls per image. Each image is split
 into planes once (digest, grayscale test and statistics share them; a grey-looking image continues
 as one plane), its channel sums come from two OpenCV reductions per plane, and it is box-filtered
-to 32×32 by Pillow; a worker handles a chunk of images at a time, and the perceptual hashes and
+to 32×32 (by Pillow, or by two numpy gathers with Pillow's values for images of at most 32 px); a
+worker handles a chunk of images at a time, and the perceptual hashes and
 outlier features are computed for the whole chunk in a few stacked numpy calls, in reused buffers
 (fresh memory costs a page fault per 4 KiB, more than the arithmetic on it).
 ``benchmarks/eda_bench.py`` measures the pass against a bare decode of the same files.
