@@ -259,9 +259,9 @@ def _fast_decode(name: str) -> np.ndarray | None:
 def decode_plain(data: bytes, keep_grey: bool = False) -> np.ndarray | None:
     """Decode a file's bytes with OpenCV when it is a plain 8-bit RGB or grey PNG/JPEG, else None.
 
-    "Plain" means no transparency, EXIF, animation, Adobe colour transform or other bit depth:
-    files for which OpenCV's pixels are Pillow's (and :func:`load_image`'s), checked on the shared
-    data sets and in the tests. None means: use :func:`load_image` (which also names what is wrong
+    "Plain" means no transparency, EXIF, animation or multi-picture data, Adobe colour transform or
+    other bit depth: files for which OpenCV's pixels are Pillow's (and :func:`load_image`'s), checked
+    on the shared data sets and in the tests. None means: use :func:`load_image` (which also names what is wrong
     with a damaged file).
 
     Returns:
