@@ -568,3 +568,32 @@ def test_opencv_path_leaves_damaged_files_to_pillow(tmp_path: Path) -> None:
     trailing = _save(Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)), tmp_path / "trail.png")
     trailing.write_bytes(trailing.read_bytes() + b"junk" * 10)  # decodes, by Pillow
     np.testing.assert_array_equal(load_image_array(trailing), np.asarray(load_image(trailing)))
+
+
+def test_png_with_damaged_data_never_reaches_opencv(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    # Bytes overwritten inside IDAT (bit rot, a bad copy): the chunk's CRC no longer holds, so the file
+    # goes to Pillow, which names the problem; libpng never sees it and prints nothing of its own.
+    rng = np.random.default_rng(3)
+    path = _save(Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)), tmp_path / "rot.png")
+    data = bytearray(path.read_bytes())
+    at = data.index(b"IDAT") + 20
+    data[at:at + 20] = bytes(20)
+    path.write_bytes(bytes(data))
+    assert images.decode_plain(bytes(data)) is None
+    with pytest.raises(ImageError, match="rot.png"):
+        load_image_array(path)
+    assert "libpng" not in capfd.readouterr().err
+    # An intact file with an extra ancillary chunk still takes the OpenCV path.
+    buf = bytearray(_save(Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)), tmp_path / "ok.png",
+                          pnginfo=_text_chunk()).read_bytes())
+    assert images.decode_plain(bytes(buf)) is not None
+    buf[-5] ^= 1  # the IEND chunk's CRC
+    assert images.decode_plain(bytes(buf)) is None
+
+
+def _text_chunk():
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("comment", "kept")
+    return info

@@ -31,6 +31,7 @@ import os
 import stat
 import threading
 import warnings
+import zlib
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -201,13 +202,19 @@ def _plain_channels(data: bytes) -> int | None:
         if depth != 8 or colour not in (0, 2) or interlace not in (0, 1) or _too_large(width, height):
             return None
         pos, n = 8, len(data)
-        while pos + 12 <= n:  # walk the chunk headers (a handful per file): the file must end in IEND
+        view = memoryview(data)
+        while pos + 12 <= n:  # walk the chunks (a handful per file): the file must end in IEND
             kind = data[pos + 4:pos + 8]
-            if kind == b"IEND":
-                return 1 if colour == 0 else 3
             if kind in _PNG_SPECIAL:
                 return None
-            pos += 12 + int.from_bytes(data[pos:pos + 4], "big")
+            end = pos + 8 + int.from_bytes(data[pos:pos + 4], "big")
+            # Every chunk's CRC must hold: damaged data goes to Pillow, which names the problem
+            # (libpng would print its own error line first, and the two might not agree on pixels).
+            if end + 4 > n or zlib.crc32(view[pos + 4:end]) != int.from_bytes(data[end:end + 4], "big"):
+                return None
+            if kind == b"IEND":
+                return 1 if colour == 0 else 3
+            pos = end + 4
         return None  # truncated: Pillow says so
     if data.startswith(b"\xff\xd8\xff"):
         if not data[-64:].rstrip(b"\x00").endswith(b"\xff\xd9"):  # truncated: Pillow says so
