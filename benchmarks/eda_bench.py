@@ -3,7 +3,7 @@
 Run from the repository root::
 
     .venv/bin/python benchmarks/eda_bench.py [--workers N] [--rounds 3] [--synthetic 50000]
-        [--baseline-tree DIR] [--skip-memory] [--out FILE]
+        [--baseline-tree DIR] [--skip-memory] [--single] [--out FILE]
 
 What it measures (on ``$CLSCTL_DATA`` or ``../shared/data``):
 
@@ -181,6 +181,57 @@ def throughput(name: str, folder: Path, workers: int, rounds: int, tmp: Path, ba
     return [row, base]
 
 
+def _must_do(path: str) -> None:
+    """What any pass like eda's does before measuring anything: read, SHA-1 of the bytes, decode,
+    planes, grayscale test, SHA-1 of the planes (one when grey) — OpenCV for plain files."""
+    import hashlib
+
+    import cv2
+
+    from toolkit.clean.duplicates import read_file
+    from toolkit.data.images import decode_plain_native
+
+    data = read_file(path)
+    hashlib.sha1(data, usedforsecurity=False).hexdigest()
+    native = decode_plain_native(data)
+    pixels = native[1] if native is not None else np.asarray(Image.open(path).convert("RGB"))
+    planes = cv2.split(pixels) if pixels.ndim == 3 else [pixels]
+    if len(planes) == 3 and cv2.norm(planes[0], planes[1], cv2.NORM_INF) == 0 \
+            and cv2.norm(planes[0], planes[2], cv2.NORM_INF) == 0:
+        planes = planes[:1]
+    digest = hashlib.sha1(b"", usedforsecurity=False)
+    for plane in planes:
+        digest.update(plane)
+    digest.hexdigest()
+
+
+def single_process(name: str, folder: Path, rounds: int) -> str:
+    """CPU time per image in this process, best of interleaved rounds: the decodes, the floor, eda's pass."""
+    import cv2
+
+    from toolkit.data.eda import _analyze_chunk
+
+    cv2.setNumThreads(1)
+    files = [str(folder / p) for p in eda_manifest(folder)["path"]]
+
+    funcs = {"bare Pillow": _bare, "bare OpenCV": _bare_cv, "must-do": _must_do}
+    best: dict[str, float] = {}
+    for _ in range(rounds):
+        for key, func in funcs.items():
+            t = time.process_time()
+            for f in files:
+                func(f)
+            best[key] = min(best.get(key, 1e9), (time.process_time() - t) / len(files))
+        t = time.process_time()
+        for i in range(0, len(files), 64):
+            _analyze_chunk([(f, False) for f in files[i:i + 64]])
+        best["eda"] = min(best.get("eda", 1e9), (time.process_time() - t) / len(files))
+    us = {k: v * 1e6 for k, v in best.items()}
+    return (f"| {name} | {us['bare Pillow']:.0f} | {us['bare OpenCV']:.0f} | {us['must-do']:.0f} | {us['eda']:.0f} "
+            f"| {best['bare Pillow'] / best['must-do']:.2f} | {best['bare Pillow'] / best['eda']:.2f} "
+            f"| {best['bare OpenCV'] / best['eda']:.2f} |")
+
+
 def write_synthetic(folder: Path, n: int) -> None:
     """``n`` distinct 28×28 grey PNGs in 10 class folders: random 7×7 layouts, upscaled.
 
@@ -204,6 +255,8 @@ def main() -> None:
     parser.add_argument("--baseline-tree", type=Path, default=None,
                         help="another checkout of the repository whose eda runs beside this one")
     parser.add_argument("--skip-memory", action="store_true", help="throughput only")
+    parser.add_argument("--single", action="store_true",
+                        help="only time one process per image: bare decodes, the must-do floor, eda's pass")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     workers = args.workers
@@ -219,9 +272,20 @@ def main() -> None:
     base_lines = ["", f"Baseline tree: {args.baseline_tree}", "",
                   "| data | baseline pass img/s | eda pass img/s | baseline pass / bare | eda pass / bare "
                   "| speed-up |", "|---|---|---|---|---|---|"]
+    sets = (("pacs-sketch", pacs), ("facemask-3class/crops", shared / "facemask-3class" / "crops"))
+    if args.single:
+        lines = ["One process, CPU µs per image (best of the rounds):", "",
+                 "| data | bare Pillow | bare OpenCV | must-do floor | eda pass | Pillow / floor | Pillow / eda "
+                 "| OpenCV / eda |", "|---|---|---|---|---|---|---|---|"]
+        lines += [single_process(name, folder, args.rounds) for name, folder in sets if folder.is_dir()]
+        text = "\n".join(lines) + "\n"
+        print(text)
+        if args.out:
+            args.out.write_text(text, encoding="utf-8")
+        return
     tmp = Path(tempfile.mkdtemp(prefix="eda-bench-"))
     try:
-        for name, folder in (("pacs-sketch", pacs), ("facemask-3class/crops", shared / "facemask-3class" / "crops")):
+        for name, folder in sets:
             if not folder.is_dir():
                 lines.append(f"| {name} | missing | | | | | | | | |")
                 continue
@@ -231,7 +295,6 @@ def main() -> None:
             print(row, flush=True)
         if args.baseline_tree is not None:
             lines += base_lines
-
         if not args.skip_memory:
             lines += ["", "| data | images | eda seconds | tree peak RSS MiB (sum) | main process peak MiB "
                       "| largest process MiB (getrusage) |", "|---|---|---|---|---|---|"]
