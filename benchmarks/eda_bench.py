@@ -26,6 +26,11 @@ What it measures (on ``$CLSCTL_DATA`` or ``../shared/data``):
   upper bound: pages shared after fork are counted in each process); without it, the largest
   single process from ``getrusage(RUSAGE_CHILDREN)`` is reported.
 
+* With ``--single`` (instead of the above): CPU time per image in one process, best of
+  ``--rounds`` interleaved rounds, of the two bare decodes, of the "must-do" part of any such pass
+  (read, SHA-1 of the bytes, decode, planes, grayscale test, SHA-1 of the planes) and of eda's
+  per-chunk pass: how far eda is from the floor its own design sets.
+
 Results are printed as Markdown tables (and written to ``--out`` when given).
 """
 
