@@ -1,4 +1,4 @@
-"""Test, lint and slow-data sessions; `nox` runs the default `tests` session."""
+"""Test, lint and slow-data sessions; `nox` runs the default `lint` and `tests` sessions."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import nox
 
 nox.needs_version = ">=2024.10.9"
 nox.options.default_venv_backend = "uv"
-nox.options.sessions = ["tests"]
+nox.options.sessions = ["lint", "tests"]
 nox.options.reuse_venv = "yes"
 
 # Tests never touch the network: timm would retry the hub for ~47 s, albumentations checks for updates.
@@ -38,7 +38,7 @@ def slow(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def lint(session: nox.Session) -> None:
-    """Run ruff and the import contract (library code never imports typer or toolkit.cli)."""
+    """Run ruff and the import contracts (layers, no import cycles, no typer or toolkit.cli in library code)."""
     _sync(session, "lint")
     session.run("ruff", "check", "toolkit", "tests", "noxfile.py")
     session.run("lint-imports")

@@ -8,7 +8,7 @@ For each image set (pacs-sketch PNGs, facemask crops PNGs, mnist-10k PNGs, facem
 JPEG), in one process, one thread, page cache warm, rounds interleaved so a slow phase of a shared
 machine hits every decoder:
 
-* ``toolkit``: ``toolkit.data.images.load_image_array`` (Pillow, plus EXIF orientation and the mode
+* ``toolkit``: ``toolkit.imaging.decode.load_image_array`` (Pillow, plus EXIF orientation and the mode
   rules: alpha composited on white, 16-bit scaled, palette expanded) — what clsctl uses;
 * ``pil``: ``np.asarray(Image.open(p).convert("RGB"))``;
 * ``opencv``: ``cv2.imread(p, cv2.IMREAD_COLOR)`` then BGR→RGB (OpenCV applies EXIF orientation);
@@ -56,7 +56,7 @@ def decoders() -> dict:
     from PIL import Image
     from torchvision.io import ImageReadMode, decode_image, read_file
 
-    from toolkit.data.images import load_image_array
+    from toolkit.imaging.decode import load_image_array
 
     cv2.setNumThreads(1)
     torch.set_num_threads(1)

@@ -54,8 +54,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from toolkit.clean.duplicates import chunk_size, default_workers  # noqa: E402
 from toolkit.data.eda import eda_manifest  # noqa: E402
+from toolkit.imaging.duplicates import chunk_size, default_workers  # noqa: E402
 
 
 def data_root() -> Path:
@@ -74,7 +74,7 @@ def _bare_cv(path: str) -> int:
 
 
 def _toolkit(path: str) -> int:
-    from toolkit.data.images import load_image_array
+    from toolkit.imaging.decode import load_image_array
 
     try:
         return load_image_array(path).shape[1]
@@ -193,8 +193,8 @@ def _must_do(path: str) -> None:
 
     import cv2
 
-    from toolkit.clean.duplicates import read_file
-    from toolkit.data.images import decode_plain_native
+    from toolkit.imaging.decode import decode_plain_native
+    from toolkit.imaging.duplicates import read_file
 
     data = read_file(path)
     hashlib.sha1(data, usedforsecurity=False).hexdigest()

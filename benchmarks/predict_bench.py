@@ -122,7 +122,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     from toolkit.config import load_recipe
     from toolkit.predict import load_fold_model, parse_tta, predict
-    from toolkit.predict.engine import default_workers
+    from toolkit.runtime import predict_loader_workers as default_workers
 
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)

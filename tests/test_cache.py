@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from toolkit.config import load_recipe
-from toolkit.data.cache import DecodedImageCache, make_image_loader, needed_short_side
-from toolkit.data.images import load_image_array
+from toolkit.imaging.cache import DecodedImageCache, make_image_loader, needed_short_side
+from toolkit.imaging.decode import load_image_array
 
 
 def _png(path, w, h, value=None, seed=0):
@@ -112,7 +112,7 @@ def test_missing_file_gives_the_loaders_error(tmp_path):
 
 
 def test_warm_decodes_what_is_missing_on_several_processes(tmp_path):
-    from toolkit.data.cache import warm_cache
+    from toolkit.imaging.cache import warm_cache
 
     paths = [_png(tmp_path / f"{i}.png", 30 + i % 7, 20 + i % 5, seed=i) for i in range(80)]
     broken = tmp_path / "broken.png"
@@ -137,7 +137,7 @@ def test_warm_decodes_what_is_missing_on_several_processes(tmp_path):
 
 
 def test_warm_stays_in_process_for_few_images_or_one_core(tmp_path):
-    from toolkit.data.cache import warm_cache
+    from toolkit.imaging.cache import warm_cache
 
     paths = [_png(tmp_path / f"{i}.png", 20, 20, seed=i) for i in range(10)]
     cache = DecodedImageCache(tmp_path / "cache", short_side=24)

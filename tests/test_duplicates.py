@@ -11,8 +11,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from toolkit.clean import duplicates as dup
-from toolkit.clean.duplicates import (
+from toolkit.errors import DataError, UsageError
+from toolkit.imaging import duplicates as dup
+from toolkit.imaging.decode import decode_plain_native, load_image
+from toolkit.imaging.duplicates import (
     DEFAULT_NEAR_DISTANCE,
     duplicate_groups,
     duplicate_pairs,
@@ -20,8 +22,6 @@ from toolkit.clean.duplicates import (
     image_hashes,
     perceptual_hash,
 )
-from toolkit.data.images import decode_plain_native, load_image
-from toolkit.errors import DataError, UsageError
 
 
 def scene(seed: int, size: int = 64) -> np.ndarray:

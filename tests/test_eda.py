@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from toolkit.clean.duplicates import layout, pixel_digest
 from toolkit.cli.main import run as cli
 from toolkit.data.eda import (
     OUTLIER_THRESHOLD,
@@ -23,8 +22,9 @@ from toolkit.data.eda import (
     eda_manifest,
     run_eda,
 )
-from toolkit.data.images import load_image
 from toolkit.errors import DataError, UsageError
+from toolkit.imaging.decode import load_image
+from toolkit.imaging.duplicates import layout, pixel_digest
 
 
 def colour_image(seed: int, size: tuple[int, int] = (40, 30)) -> np.ndarray:
@@ -285,7 +285,7 @@ def test_a_chunk_gives_what_single_files_give(folder: Path) -> None:
 def test_channel_sums_are_exact_at_the_limits() -> None:
     # 65,536 white pixels (a 256×256 plane) is the largest sum of squares at the stats resolution:
     # 4,261,478,400, above 2**32, where the sums must still be exact integers.
-    from toolkit.clean.duplicates import plane_sums
+    from toolkit.imaging.duplicates import plane_sums
 
     rng = np.random.default_rng(0)
     white = np.full((256, 256), 255, np.uint8)

@@ -1,4 +1,4 @@
-"""Tests for toolkit.data.images. Every image is generated in tmp_path."""
+"""Tests for toolkit.imaging.decode. Every image is generated in tmp_path."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from toolkit.data import images
-from toolkit.data.images import (
+from toolkit.errors import DataError, ImageError
+from toolkit.imaging import decode as images
+from toolkit.imaging.decode import (
     BACKGROUND,
     IMAGE_EXTENSIONS,
     ImageHeader,
@@ -22,7 +23,6 @@ from toolkit.data.images import (
     read_image_header,
     scan_images,
 )
-from toolkit.errors import DataError, ImageError
 
 W, H = 6, 4
 

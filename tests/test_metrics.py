@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from toolkit.errors import DataError, RecipeError
-from toolkit.train.metrics import (
+from toolkit.metrics import (
     METRICS,
     classification_metrics,
     combine_indices,

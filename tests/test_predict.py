@@ -62,8 +62,8 @@ def test_preprocessing_equals_trainer_eval_for_every_recipe(recipe_path, eval_si
     import albumentations as A
 
     from toolkit.config.loader import with_overrides
-    from toolkit.data.cache import make_image_loader
     from toolkit.data.transforms import build_transform, resolve_normalization
+    from toolkit.imaging.cache import make_image_loader
     from toolkit.models import create_model, model_data_config
     from toolkit.predict import image_loader
 
@@ -182,7 +182,7 @@ def test_out_of_memory_halves_the_forward_chunk():
 
 # --------------------------------------------------------------------------- data sources and scoring
 def test_imagefolder_is_scored(trained):
-    from toolkit.train.metrics import classification_metrics
+    from toolkit.metrics import classification_metrics
 
     result = predict(trained["run"], trained["test"], tta="hflip", workers=0, progress=False, name="scored")
     assert result.source == "imagefolder" and result.n == 12

@@ -297,7 +297,7 @@ def test_load_duplicate_pairs_from_files(tmp_path):
 
 
 def test_hash_table_without_duplicates_module_pairs_identical_files(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "toolkit.clean.duplicates", None)  # import fails
+    monkeypatch.setitem(sys.modules, "toolkit.imaging.duplicates", None)  # import fails
     hashes = pd.DataFrame({"path": ["a.png", "b.png", "c.png", "d.png"],
                            "sha1": ["s1", "s2", "s1", "s1"]})
     hashes.to_parquet(tmp_path / "hashes.parquet")
@@ -306,8 +306,8 @@ def test_hash_table_without_duplicates_module_pairs_identical_files(tmp_path, mo
 
 
 def test_dedup_without_duplicates_module_is_a_usage_error(monkeypatch):
-    monkeypatch.setitem(sys.modules, "toolkit.clean.duplicates", None)
-    with pytest.raises(UsageError, match="--dedup needs toolkit.clean.duplicates"):
+    monkeypatch.setitem(sys.modules, "toolkit.imaging.duplicates", None)
+    with pytest.raises(UsageError, match="--dedup needs toolkit.imaging.duplicates"):
         load_duplicate_pairs(pd.DataFrame({"path": ["a.png"]}))
 
 
@@ -322,9 +322,9 @@ def test_cli_dedup_uses_the_duplicates_module(tmp_path, monkeypatch, capsys):
         paths = hashes["path"].tolist()
         return pd.DataFrame({"a": paths[:-1], "b": paths[1:], "kind": "exact", "distance": 0})
 
-    fake = types.ModuleType("toolkit.clean.duplicates")
+    fake = types.ModuleType("toolkit.imaging.duplicates")
     fake.image_hashes, fake.duplicate_pairs = image_hashes, duplicate_pairs
-    monkeypatch.setitem(sys.modules, "toolkit.clean.duplicates", fake)
+    monkeypatch.setitem(sys.modules, "toolkit.imaging.duplicates", fake)
     make_images(tmp_path / "train", {"a": 4, "b": 4})
     code = cli(["split", str(tmp_path / "train"), "--folds", "2", "--dedup", "--strict",
                 "--runs", str(tmp_path / "runs")])

@@ -11,7 +11,6 @@ from PIL import Image
 
 from toolkit.config import load_recipe
 from toolkit.data.dataset import ImageDataset
-from toolkit.data.images import load_image_array
 from toolkit.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -22,6 +21,7 @@ from toolkit.data.transforms import (
     transform_from_spec,
 )
 from toolkit.errors import RecipeError
+from toolkit.imaging.decode import load_image_array
 
 MODES = ["1", "L", "LA", "P", "RGBA", "CMYK", "I;16", "RGB"]
 

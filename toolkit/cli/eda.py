@@ -39,8 +39,8 @@ def eda(
 
     Example: clsctl eda data/train --out eda/train --seed 0
     """
-    from toolkit.clean.duplicates import DEFAULT_NEAR_DISTANCE
     from toolkit.data.eda import default_out_dir, eda_manifest, run_eda
+    from toolkit.imaging.duplicates import DEFAULT_NEAR_DISTANCE
 
     df = eda_manifest(data, manifest=manifest, pattern=pattern, group=group)
     out_dir = out if out is not None else default_out_dir(data)

@@ -6,8 +6,6 @@ from toolkit.config.loader import (
     load_recipe,
     parse_override,
     recipe_from_dict,
-    recipe_to_dict,
-    recipe_to_toml,
     with_overrides,
 )
 from toolkit.config.schema import (
@@ -23,6 +21,8 @@ from toolkit.config.schema import (
     TargetsConfig,
     TrainConfig,
     TTAConfig,
+    recipe_to_dict,
+    recipe_to_toml,
 )
 
 __all__ = [

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import tomli_w
 
-from toolkit.config.schema import SECTIONS, Recipe
+from toolkit.config.schema import Recipe, recipe_to_dict
 from toolkit.errors import RecipeError
 
 _TOP_ONLY = ("extends",)
@@ -274,42 +274,6 @@ def with_overrides(recipe: Recipe, overrides: Mapping[str, Any] | Sequence[str])
     items = list(overrides.items()) if isinstance(overrides, Mapping) else list(overrides)
     raw = _apply_overrides(recipe_to_dict(recipe), items)
     return _build(Recipe, raw, "", "recipe")
-
-
-def _to_plain(value: Any, default: Any) -> Any:
-    if dataclasses.is_dataclass(value):
-        return recipe_to_dict(value)
-    if isinstance(value, dict):
-        return {k: _to_plain(v, None) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_to_plain(v, None) for v in value]
-    return value
-
-
-def recipe_to_dict(recipe: Any) -> dict[str, Any]:
-    """Plain nested dict of a recipe (or a section), fit for TOML.
-
-    TOML has no null: an unset optional is left out when its default is unset too, and written as
-    ``"none"`` when the default is set, so loading the dict back gives an equal recipe.
-    """
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(recipe):
-        value = getattr(recipe, f.name)
-        default = f.default if f.default is not dataclasses.MISSING else None
-        if value is None:
-            if default is not None:
-                out[f.name] = "none"
-            continue
-        out[f.name] = _to_plain(value, default)
-    return out
-
-
-def recipe_to_toml(recipe: Recipe) -> str:
-    """The resolved recipe as TOML; ``load_recipe`` on it yields an equal recipe."""
-    raw = recipe_to_dict(recipe)
-    top = {k: v for k, v in raw.items() if k not in SECTIONS}
-    sections = {k: raw[k] for k in SECTIONS if k in raw}
-    return tomli_w.dumps(top) + ("\n" if top else "") + tomli_w.dumps(sections)
 
 
 def get_value(recipe: Recipe, key: str) -> Any:

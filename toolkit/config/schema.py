@@ -11,8 +11,11 @@ smoothing 0.1, early stopping on macro-F1, grouped/stratified 5-fold.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+import tomli_w
 
 
 def _f(default: Any, help: str, *, path: bool = False, factory: bool = False) -> Any:
@@ -201,9 +204,43 @@ class Recipe:
 
     def to_toml(self) -> str:
         """The resolved recipe as TOML (what a run folder's ``recipe.toml`` holds)."""
-        from toolkit.config.loader import recipe_to_toml
-
         return recipe_to_toml(self)
 
 
 SECTIONS: tuple[str, ...] = ("data", "targets", "split", "model", "aug", "loss", "optim", "sched", "train", "tta")
+
+
+def _to_plain(value: Any, default: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return recipe_to_dict(value)
+    if isinstance(value, dict):
+        return {k: _to_plain(v, None) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_to_plain(v, None) for v in value]
+    return value
+
+
+def recipe_to_dict(recipe: Any) -> dict[str, Any]:
+    """Plain nested dict of a recipe (or a section), fit for TOML.
+
+    TOML has no null: an unset optional is left out when its default is unset too, and written as
+    ``"none"`` when the default is set, so loading the dict back gives an equal recipe.
+    """
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(recipe):
+        value = getattr(recipe, f.name)
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if value is None:
+            if default is not None:
+                out[f.name] = "none"
+            continue
+        out[f.name] = _to_plain(value, default)
+    return out
+
+
+def recipe_to_toml(recipe: Recipe) -> str:
+    """The resolved recipe as TOML; ``load_recipe`` on it yields an equal recipe."""
+    raw = recipe_to_dict(recipe)
+    top = {k: v for k, v in raw.items() if k not in SECTIONS}
+    sections = {k: raw[k] for k in SECTIONS if k in raw}
+    return tomli_w.dumps(top) + ("\n" if top else "") + tomli_w.dumps(sections)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from toolkit.data.images import load_image_array
+from toolkit.imaging.decode import load_image_array
 
 
 class ImageDataset(torch.utils.data.Dataset):

@@ -8,19 +8,19 @@
 * PNG plots (class counts, attributes, group sizes, image sizes, brightness, channel means,
   nearest-hash distances), thumbnail grids (``thumbs/``), outliers and duplicate examples.
 * ``hashes.parquet``: per image ``path, sha1, pixel_hash, phash, phash_flip`` (see
-  :mod:`toolkit.clean.duplicates`), what ``clsctl split --hashes`` reads.
+  :mod:`toolkit.imaging.duplicates`), what ``clsctl split --hashes`` reads.
 * ``duplicates.parquet``: the duplicate pairs (``a, b, kind, distance``) with both labels/groups.
 * ``images.parquet``: the per-image table (size, format, mode, grayscale, channel means, the
   outlier features and score, unreadable reason).
 
 One pass: a worker process reads each file once, hashes its bytes, and decodes those bytes in
-memory with the loader's own rules (:func:`toolkit.clean.duplicates.decode_data`: plain 8-bit RGB
+memory with the loader's own rules (:func:`toolkit.imaging.duplicates.decode_data`: plain 8-bit RGB
 or grey PNG/JPEG files by OpenCV, everything else by Pillow, the same pixels
-:func:`toolkit.data.images.load_image` gives, so EDA sees what training will see; an unusual file,
+:func:`toolkit.imaging.decode.load_image` gives, so EDA sees what training will see; an unusual file,
 e.g. multi-frame or corrupt, goes through ``load_image`` itself, which also names the reason of a
 failure). It returns a small record (numbers and hashes; pixels only for the few thumbnails).
 Memory therefore grows with the number of images only by that record, and the duplicate search is
-sub-quadratic (see :func:`toolkit.clean.duplicates.duplicate_pairs`). Unreadable files are
+sub-quadratic (see :func:`toolkit.imaging.duplicates.duplicate_pairs`). Unreadable files are
 recorded with their reason and never stop the run.
 
 Where the time goes: for the small images of typical competition sets the decode itself costs
@@ -96,7 +96,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from toolkit.clean.duplicates import (
+from toolkit.errors import DataError, ImageError, UsageError
+from toolkit.imaging.decode import load_image
+from toolkit.imaging.duplicates import (
     DEFAULT_NEAR_DISTANCE,
     REDUCED_SIDE,
     Decoded,
@@ -117,8 +119,6 @@ from toolkit.clean.duplicates import (
     tiny_bytes,
     workspace,
 )
-from toolkit.data.images import load_image
-from toolkit.errors import DataError, ImageError, UsageError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -207,7 +207,7 @@ def eda_manifest(data: str | os.PathLike[str], *, manifest: str | os.PathLike[st
 
 def _looks_like_image_folder(root: Path) -> bool:
     """ImageFolder when there are visible subfolders and no images directly in the root."""
-    from toolkit.data.images import is_image_file
+    from toolkit.imaging.decode import is_image_file
 
     if not root.is_dir():
         return False  # let the unlabeled source raise its clear "does not exist" error

@@ -8,8 +8,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from toolkit.config.schema import Recipe
-from toolkit.data.cache import make_image_loader
 from toolkit.errors import DataError
+from toolkit.imaging.cache import make_image_loader
 
 
 def aug_preview(recipe: Recipe, manifest, out: str | Path, *, n: int = 16, seed: int = 0,  # noqa: ANN001

@@ -24,7 +24,7 @@ dropping them would silently lose data, and lumping them into one giant "unknown
 would make one fold swallow all of them.
 
 The audit (:func:`audit_leakage`) checks two kinds of leakage: a group present in more than
-one fold, and a pair of duplicate images (from ``toolkit.clean.duplicates`` or an eda run's
+one fold, and a pair of duplicate images (from ``toolkit.imaging.duplicates`` or an eda run's
 ``hashes.parquet``) whose two images land in different folds.
 """
 
@@ -499,7 +499,7 @@ def audit_leakage(
         df: The manifest with ``path`` and the fold column.
         group: The group column, if the split was grouped.
         duplicate_pairs: Table with columns ``a`` and ``b`` (image paths) and optionally
-            ``kind`` and ``distance``, e.g. from ``toolkit.clean.duplicates.duplicate_pairs``.
+            ``kind`` and ``distance``, e.g. from ``toolkit.imaging.duplicates.duplicate_pairs``.
         fold_col: The fold column.
 
     Returns:
@@ -667,7 +667,7 @@ def read_source(
 
 def _pairs_from_hashes(hashes: pd.DataFrame) -> pd.DataFrame:
     try:
-        from toolkit.clean.duplicates import duplicate_pairs
+        from toolkit.imaging.duplicates import duplicate_pairs
     except ImportError:
         duplicate_pairs = None
     if duplicate_pairs is not None:
@@ -696,7 +696,7 @@ def load_duplicate_pairs(
     Args:
         df: The manifest (``path`` and ``attrs["root"]``), used when computing.
         hashes: An eda run folder (its ``hashes.parquet`` is read), a hash table (columns
-            ``path``, ``sha1``, ...; paired with ``toolkit.clean.duplicates``), or a pair table
+            ``path``, ``sha1``, ...; paired with ``toolkit.imaging.duplicates``), or a pair table
             (columns ``a``, ``b``, ``kind``, ``distance``). ``None`` computes the hashes.
         workers: Processes for hashing.
 
@@ -705,7 +705,7 @@ def load_duplicate_pairs(
 
     Raises:
         DataError: The file is missing or has neither layout.
-        UsageError: Hashes must be computed but ``toolkit.clean.duplicates`` is not installed.
+        UsageError: Hashes must be computed but ``toolkit.imaging.duplicates`` is not installed.
     """
     if hashes is not None:
         path = Path(hashes)
@@ -719,9 +719,9 @@ def load_duplicate_pairs(
             return table
         return _pairs_from_hashes(table)
     try:
-        from toolkit.clean.duplicates import duplicate_pairs, image_hashes
+        from toolkit.imaging.duplicates import duplicate_pairs, image_hashes
     except ImportError as exc:
-        raise UsageError("--dedup needs toolkit.clean.duplicates, which this installation lacks",
+        raise UsageError("--dedup needs toolkit.imaging.duplicates, which this installation lacks",
                          "pass --hashes <eda run>/hashes.parquet instead") from exc
     root = df.attrs.get("root")
     if root is None:

@@ -239,7 +239,7 @@ def ensemble(refs: Sequence[str | Path], *, vote: str = "soft", weights: str | S
 
 
 def _scores(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict[str, Any]:
-    from toolkit.train.metrics import classification_metrics
+    from toolkit.metrics import classification_metrics
 
     if pred.ndim == 2:  # clip away exact zeros a hard-vote member can bring, and renormalize
         pred = np.clip(pred, 0.0, None)
@@ -249,7 +249,7 @@ def _scores(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict[str, An
 
 
 def _cv(y: np.ndarray, pred: np.ndarray, folds: np.ndarray, classes: list[str]) -> dict[str, Any]:
-    from toolkit.train.metrics import cv_summary
+    from toolkit.metrics import cv_summary
 
     per_fold = [_scores(y[folds == f], pred[folds == f], classes) for f in np.unique(folds)]
     return cv_summary(per_fold)

@@ -23,6 +23,7 @@ import torch
 from toolkit.config.schema import Recipe
 from toolkit.errors import RunError, ToolkitError, UsageError
 from toolkit.predict.tta import Pipeline, View, apply_op, view_sizes
+from toolkit.runtime import make_accelerator, predict_loader_workers
 
 # Keys of model.json that decide preprocessing; folds that share them share one data pass.
 PREPROCESSING_KEYS = ("image_size", "eval_size", "mean", "std", "resize", "crop_pct", "in_chans")
@@ -64,7 +65,7 @@ def available_folds(run) -> list[int]:  # noqa: ANN001
 
 def select_folds(run, spec: str | int | None, available: Sequence[int]) -> list[int]:  # noqa: ANN001
     """``all`` → every fold with a checkpoint; ``best`` → the best fold by the run's selection score; ``K``/``0,2``."""
-    from toolkit.train.data import parse_fold_selection
+    from toolkit.data.training import parse_fold_selection
 
     if not available:
         raise RunError(f"run {run.id} has no fold checkpoints (folds/<k>/model.safetensors)",
@@ -72,7 +73,7 @@ def select_folds(run, spec: str | int | None, available: Sequence[int]) -> list[
     text = "all" if spec is None else str(spec).strip().lower()
     if text != "best":
         return parse_fold_selection(text, list(available))
-    from toolkit.train.metrics import is_better
+    from toolkit.metrics import is_better
 
     summary = run.summary
     metric = summary.get("metric") or "macro_f1"
@@ -123,7 +124,7 @@ def batch_normalizer(meta: dict[str, Any], channels_last: bool = False) -> Any:
 
 def image_loader(recipe: Recipe, meta: dict[str, Any]) -> Any:
     """How the trainer read this checkpoint's pixels: ``make_image_loader`` (the decoded cache, or direct)."""
-    from toolkit.data.cache import make_image_loader
+    from toolkit.imaging.cache import make_image_loader
 
     return make_image_loader(model_recipe(recipe, meta), ram_mb=0)  # one read per image: nothing to keep
 
@@ -185,43 +186,6 @@ def check_input_sizes(model: torch.nn.Module, sizes: Sequence[int], trained: int
 
 
 # --------------------------------------------------------------------------- precision, workers
-def mixed_precision() -> str:
-    """bf16 on GPUs that have it, fp16 on other GPUs, none on the CPU; ``accelerate launch`` settings win."""
-    env = os.environ.get("ACCELERATE_MIXED_PRECISION")
-    if env:
-        return env
-    if torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true"):
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "no"
-
-
-def make_accelerator():  # noqa: ANN201 - accelerate.Accelerator
-    """An Accelerator for inference (device, process group, autocast)."""
-    from accelerate import Accelerator
-
-    cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
-    return Accelerator(mixed_precision=mixed_precision(), cpu=cpu)
-
-
-def default_workers(requested: int | None, num_processes: int, device_type: str = "cpu") -> int:
-    """Data-loader workers: as asked, else what leaves the model its cores.
-
-    On a GPU the forward pass frees the CPU, so decoding gets every core but one. On the CPU the
-    model's intra-op threads already use every core; a decoding process would stall them (their
-    parallel regions wait for the slowest thread), so small machines decode in the main process.
-    """
-    if requested is not None:
-        return max(0, int(requested))
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    per_process = max(1, cores // max(1, num_processes))
-    if device_type == "cpu":
-        return 0 if per_process <= 4 else max(1, per_process // 8)
-    return max(0, per_process - 1)
-
-
 # --------------------------------------------------------------------------- data
 class ViewDataset(torch.utils.data.Dataset):
     """Decode each image once and run every pipeline on it; items are ``({key: tensor}, index)``.
@@ -243,7 +207,7 @@ class ViewDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[dict[str, torch.Tensor], int]:
         from toolkit.data.dataset import as_tensor
-        from toolkit.data.images import load_image_array
+        from toolkit.imaging.decode import load_image_array
 
         image = (self.loader or load_image_array)(self.paths[index])
         out: dict[str, torch.Tensor] = {}
@@ -351,7 +315,7 @@ class Inference:
         self.accelerator = accelerator if accelerator is not None else make_accelerator()
         self.batch_size = max(1, int(batch_size))
         self.chunk = self.batch_size
-        self.workers = default_workers(workers, self.accelerator.num_processes, self.accelerator.device.type)
+        self.workers = predict_loader_workers(workers, self.accelerator.num_processes, self.accelerator.device.type)
         self.progress = progress
         self.channels_last = channels_last
         self.images_seen = 0

@@ -126,7 +126,7 @@ def _combined_probs(probs: Sequence[np.ndarray]) -> np.ndarray:
 def score_predictions(targets: dict[str, np.ndarray], probs: dict[str, np.ndarray],
                       classes: dict[str, list[str]], heads: list[str]) -> dict[str, Any]:
     """Metrics of predictions against known labels (the combined label drives multi-head runs)."""
-    from toolkit.train.metrics import classification_metrics, multihead_metrics
+    from toolkit.metrics import classification_metrics, multihead_metrics
 
     if len(heads) == 1:
         h = heads[0]
@@ -162,10 +162,10 @@ def choose_tta(run, recipe, models: Sequence[FoldModel], engine: Inference, head
         ``{"metric", "direction", "rows", "folds", "policies": [{"name", "views", "score", "per_class_recall"}],
         "skipped": {name: reason}, "chosen", "chosen_views", "gain_per_class", "gain"}``.
     """
+    from toolkit.data.training import load_training_data
+    from toolkit.metrics import is_better, metric_direction
     from toolkit.predict.engine import check_input_sizes
     from toolkit.predict.tta import view_sizes
-    from toolkit.train.data import load_training_data
-    from toolkit.train.metrics import is_better, metric_direction
 
     metric = _metric_name(run, recipe)
     direction = metric_direction(metric)

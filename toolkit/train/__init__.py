@@ -1,1 +1,1 @@
-"""Training: the trainer, losses, metrics and callbacks."""
+"""Training: the one Accelerate loop, its callbacks, and the losses."""

@@ -28,8 +28,9 @@ import pandas as pd
 import torch
 
 from toolkit.config.schema import Recipe
+from toolkit.data.training import bad_images_error, load_training_data, parse_fold_selection
 from toolkit.errors import RunError, TrainingError
-from toolkit.train.data import bad_images_error, load_training_data, parse_fold_selection
+from toolkit.runtime import cores, mixed_precision, single_threaded_worker, train_loader_workers, use_cpu
 from toolkit.train.validate import validate_recipe
 
 Hook = Callable[..., None]
@@ -57,56 +58,6 @@ class FoldProgress:
 
 
 # --------------------------------------------------------------------------- small helpers
-def _precision(requested: str) -> str:
-    if requested != "auto":
-        return requested
-    env = os.environ.get("ACCELERATE_MIXED_PRECISION")
-    if env:  # `accelerate launch --mixed_precision ...` or accelerate config
-        return env
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "no"
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def _num_workers(requested: int | None, num_processes: int, on_gpu: bool) -> int:
-    """DataLoader workers when the recipe leaves it unset.
-
-    On a GPU the cores are free for decoding, so each process gets its share of them. On a CPU the
-    same cores run the model. With one core per process, a worker could only steal the model's core
-    (and stalls its parallel regions), so loading stays in-process. With 2-4 cores one worker pays:
-    measured on 2 cores, mobilenetv3_small_100 at 128 px with the `light` preset trains 16 % faster
-    with one worker than in-process (the worker augments while the model's threads wait on each
-    other), and lite0 at 64 px, whose images cost little, is unchanged. Larger CPUs give a quarter of
-    their cores to loading.
-    """
-    if requested is not None:
-        return requested
-    per_process = max(1, _cores() // max(1, num_processes))
-    if on_gpu:
-        return per_process
-    if per_process == 1:
-        return 0
-    return 1 if per_process <= 4 else per_process // 4
-
-
-def _single_threaded_worker(_: int) -> None:
-    """DataLoader worker start: OpenCV (albumentations' backend) on one thread, as torch already is there.
-
-    Workers are the parallelism; OpenCV's own pool would put one thread per core in every worker,
-    which then compete with the model's threads for the same cores.
-    """
-    import cv2
-
-    cv2.setNumThreads(1)
-
-
 def _seed_everything(seed: int, deterministic: bool) -> None:
     from accelerate.utils import set_seed
 
@@ -190,9 +141,9 @@ class Trainer:
         recipe = self.recipe
         validate_recipe(recipe)  # a bad name fails before any data is read or any run folder exists
 
-        cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
+        cpu = use_cpu()
         self.accelerator = accelerator = Accelerator(
-            mixed_precision=_precision(recipe.train.precision),
+            mixed_precision=mixed_precision(recipe.train.precision),
             gradient_accumulation_steps=recipe.train.grad_accum,
             log_with=recipe.train.log_with or None,
             cpu=cpu,
@@ -247,7 +198,7 @@ class Trainer:
         Each process takes its share of the files. Files that cannot be decoded stop the run here, all of
         them named, instead of at the first batch that holds one.
         """
-        from toolkit.data.cache import DecodedImageCache, make_image_loader, warm_cache
+        from toolkit.imaging.cache import DecodedImageCache, make_image_loader, warm_cache
 
         accelerator, data = self.accelerator, self.data
         cache = make_image_loader(self.recipe, ram_mb=0)
@@ -260,7 +211,7 @@ class Trainer:
             accelerator.print(f"decoded cache: decoding {missing} image(s) on {processes} processes{share} "
                               "before the first epoch…", flush=True)
 
-        result = warm_cache(cache, paths[rank::world], _cores() // max(1, world), on_start=started)
+        result = warm_cache(cache, paths[rank::world], cores() // max(1, world), on_start=started)
         errors = result.errors
         if world > 1:
             from accelerate.utils import gather_object
@@ -305,9 +256,9 @@ class Trainer:
         self.call("on_run_end", run=run, results=fold_results)
 
     def _loaders(self, k: int):  # noqa: ANN202
-        from toolkit.data.cache import make_image_loader
         from toolkit.data.dataset import BatchNormalize, ImageDataset
         from toolkit.data.transforms import build_transform, resolve_normalization
+        from toolkit.imaging.cache import make_image_loader
 
         recipe, data = self.recipe, self.data
         mean, std = resolve_normalization(recipe.data, self.model_cfg)
@@ -318,7 +269,7 @@ class Trainer:
         val_rows = np.flatnonzero(data.folds == k)
         paths = [str(data.root / p) for p in data.df["path"]]
         seed = _fold_seed(recipe.train.seed, k)
-        workers = _num_workers(recipe.data.num_workers, self.accelerator.num_processes,
+        workers = train_loader_workers(recipe.data.num_workers, self.accelerator.num_processes,
                                self.accelerator.device.type != "cpu")
         loader = make_image_loader(recipe, ram_mb=recipe.data.cache_ram_mb / max(1, workers))  # a copy per worker
         train_ds = ImageDataset([paths[i] for i in train_rows], data.targets[train_rows],
@@ -328,7 +279,7 @@ class Trainer:
                               build_transform(recipe, train=False, mean=mean, std=std, to_tensor=False), loader=loader)
         common = dict(num_workers=workers, pin_memory=torch.cuda.is_available(),
                       persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
-                      worker_init_fn=_single_threaded_worker if workers > 0 else None)
+                      worker_init_fn=single_threaded_worker if workers > 0 else None)
         self.generator = torch.Generator()
         tcfg = recipe.train
         sampler = None
@@ -590,7 +541,7 @@ class Trainer:
 
     @torch.inference_mode()
     def _validate(self, model, loader, criteria, weights) -> dict[str, Any]:  # noqa: ANN001
-        from toolkit.train.metrics import classification_metrics, multihead_metrics
+        from toolkit.metrics import classification_metrics, multihead_metrics
 
         accelerator, data = self.accelerator, self.data
         model.eval()
@@ -658,8 +609,8 @@ class Trainer:
             frame.to_parquet(fh, index=False)
 
     def _write_oof_and_summary(self, run, results: dict[int, dict[str, Any]]) -> None:  # noqa: ANN001
+        from toolkit.metrics import classification_metrics, cv_summary, multihead_metrics
         from toolkit.store.atomic import atomic_writer
-        from toolkit.train.metrics import classification_metrics, cv_summary, multihead_metrics
 
         data, recipe = self.data, self.recipe
         frames = [pd.read_parquet(run.file(f"folds/{k}/oof.parquet")) for k in sorted(results)
@@ -689,13 +640,13 @@ class Trainer:
 
 # --------------------------------------------------------------------------- module helpers
 def _direction(metric: str) -> str:
-    from toolkit.train.metrics import metric_direction
+    from toolkit.metrics import metric_direction
 
     return metric_direction(metric)
 
 
 def _better(metric: str, new: float, best: float) -> bool:
-    from toolkit.train.metrics import is_better
+    from toolkit.metrics import is_better
 
     return is_better(metric, new, best)
 

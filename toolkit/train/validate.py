@@ -28,9 +28,9 @@ def validate_recipe(recipe: Recipe) -> None:
     import timm.optim
 
     from toolkit.data.transforms import validate_aug
+    from toolkit.metrics import metric_direction
     from toolkit.models.factory import _check_name
     from toolkit.train.losses import create_loss
-    from toolkit.train.metrics import metric_direction
 
     _check_name(recipe.model.name)
     _choice("optim.name", recipe.optim.name.lower(), timm.optim.list_optimizers())

@@ -5,7 +5,7 @@ Four kinds of match, strongest first (a pair is reported under the strongest kin
 * ``exact``: the files have the same bytes (same SHA-1).
 * ``pixel``: different bytes, same decoded pixels (e.g. a PNG saved again with another
   compression level, or a PNG and a BMP of one image). Pixels are the ones
-  :func:`toolkit.data.images.load_image` gives, so every stage agrees on what an image is.
+  :func:`toolkit.imaging.decode.load_image` gives, so every stage agrees on what an image is.
 * ``near``: the 64-bit perceptual hashes differ in at most ``max_distance`` bits (resized,
   re-compressed, slightly cropped or retouched copies).
 * ``near_flip``: one image's hash is within ``max_distance`` bits of the hash of the other
@@ -70,12 +70,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from toolkit.data.images import (
+from toolkit.errors import ImageError, UsageError
+from toolkit.imaging.decode import (
     _to_rgb,  # the loader's own conversion rules, not a copy of them
     decode_plain_native,
     load_image,
 )
-from toolkit.errors import ImageError, UsageError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -423,7 +423,7 @@ class Decoded:
     @classmethod
     def from_image(cls, image: Image.Image) -> Decoded:
         """From an ``RGB`` image, or an ``L`` image standing for three equal channels (what
-        :func:`toolkit.data.images.load_image` makes of an opaque grey file)."""
+        :func:`toolkit.imaging.decode.load_image` makes of an opaque grey file)."""
         if image.mode not in ("RGB", "L"):
             raise ValueError(f"expected an RGB or L image, got mode {image.mode}")
         return cls(np.asarray(image, dtype=np.uint8), "RGB", image)
@@ -469,12 +469,12 @@ def decode_data(data: bytes) -> tuple[tuple[str | None, str, int] | None, Decode
     """Header and :class:`Decoded` pixels of an image file already in memory, as the loader decodes them.
 
     Plain 8-bit RGB or grey PNG/JPEG files are decoded by OpenCV
-    (:func:`toolkit.data.images.decode_plain_native`: the loader's pixels, faster); everything else
+    (:func:`toolkit.imaging.decode.decode_plain_native`: the loader's pixels, faster); everything else
     by Pillow (:func:`decode_bytes`). Run it as :func:`decode_bytes` says.
 
     Returns:
         ``(header, decoded)`` as :func:`decode_bytes` returns ``(header, image)``: ``decoded`` is
-        None when the caller must fall back to :func:`toolkit.data.images.load_image`.
+        None when the caller must fall back to :func:`toolkit.imaging.decode.load_image`.
     """
     try:
         native = decode_plain_native(data)
@@ -491,7 +491,7 @@ def hash_image(image: Image.Image, reduced: Image.Image | None = None) -> tuple[
     """Pixel digest and perceptual hashes of a decoded RGB image.
 
     Args:
-        image: An RGB image as :func:`toolkit.data.images.load_image` returns it.
+        image: An RGB image as :func:`toolkit.imaging.decode.load_image` returns it.
         reduced: ``reduce_image(image)`` when the caller has it already (saves a resize).
 
     Returns:
@@ -542,7 +542,7 @@ def read_file(path: str) -> bytes | None:
     """All bytes of a regular file, or None when it cannot be read as one.
 
     ``O_NONBLOCK`` and the ``fstat`` check keep a FIFO or device from blocking the pass; the
-    caller then asks :func:`toolkit.data.images.load_image` for the precise reason.
+    caller then asks :func:`toolkit.imaging.decode.load_image` for the precise reason.
     """
     try:
         fd = os.open(path, _OPEN_FLAGS)
@@ -877,7 +877,7 @@ def duplicate_pairs(hashes_df: pd.DataFrame, max_distance: int = DEFAULT_NEAR_DI
     missing = [c for c in HASH_COLUMNS if c not in hashes_df.columns]
     if missing:
         raise DataError(f"hash table lacks column(s) {', '.join(missing)}",
-                        "build it with toolkit.clean.duplicates.image_hashes or read eda's hashes.parquet")
+                        "build it with toolkit.imaging.duplicates.image_hashes or read eda's hashes.parquet")
     df = hashes_df.loc[:, list(HASH_COLUMNS)].copy()
     df["path"] = df["path"].astype(str)
     if df["path"].duplicated().any():

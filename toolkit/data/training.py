@@ -105,7 +105,7 @@ def _check_images(df: pd.DataFrame, root: Path) -> None:
     A header read catches missing, empty and non-image files cheaply; truncated pixel data still
     surfaces (naming the file) when it is decoded.
     """
-    from toolkit.data.images import scan_images
+    from toolkit.imaging.decode import scan_images
 
     bad = scan_images([str(root / p) for p in df["path"]], full_decode=False)
     if bad:

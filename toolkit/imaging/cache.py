@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.config.schema import Recipe
-from toolkit.data.images import load_image_array
+from toolkit.imaging.decode import load_image_array
 
 
 def default_cache_root() -> Path:
