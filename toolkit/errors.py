@@ -7,6 +7,8 @@ user can fix in their input (usage, recipe, data); exit 1 for failures at run ti
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class ToolkitError(Exception):
     """Base class. ``hint`` says how to fix it; ``exit_code`` is what the CLI returns."""
@@ -68,3 +70,29 @@ class TrainingError(ToolkitError):
     """Training cannot go on (non-finite loss, no usable device, ...)."""
 
     exit_code = 1
+
+
+SHOWN = 10
+
+
+def examples(items: Iterable[object], limit: int = SHOWN) -> str:
+    """``a, b, c … and 7 more``: the first ``limit`` items of a list an error message names, and a count."""
+    items = list(items)
+    shown = ", ".join(str(i) for i in items[:limit])
+    more = len(items) - limit
+    return shown + (f" … and {more} more" if more > 0 else "")
+
+
+def is_missing(value: object) -> bool:
+    """Whether a table cell holds no value: None, NaN, pandas' NA or NaT (never the text ``"NA"``)."""
+    if value is None:
+        return True
+    if isinstance(value, float):
+        return value != value
+    kind = type(value).__name__
+    if kind in ("NAType", "NaTType"):
+        return True
+    try:
+        return bool(value != value)  # numpy floating NaN
+    except (TypeError, ValueError):
+        return False

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.config.schema import AugConfig, DataConfig, Recipe
+from toolkit.data.preprocessing import Preprocessing
 from toolkit.errors import DataError, RecipeError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -183,54 +184,72 @@ def _timm_auto_augment(spec: str, size: int, mean: Sequence[float]) -> Any:
     return A.Lambda(image=apply, name=f"timm:{spec}")
 
 
-def _resize_steps(aug: AugConfig, size: int, train: bool) -> list[Any]:
+def _resize_steps(prep: Preprocessing, size: int, train: bool) -> list[Any]:
     import albumentations as A
 
-    if aug.resize == "random_resized_crop":
+    if prep.resize == "random_resized_crop":
         if train:
-            return [A.RandomResizedCrop(size=(size, size), scale=tuple(aug.scale))]
-        pre = max(size, round(size / aug.crop_pct))
+            return [A.RandomResizedCrop(size=(size, size), scale=tuple(prep.scale))]
+        pre = max(size, round(size / prep.crop_pct))
         return [A.SmallestMaxSize(max_size=pre), A.CenterCrop(size, size)]
-    if aug.resize == "center_crop":
-        pre = max(size, round(size / aug.crop_pct))
+    if prep.resize == "center_crop":
+        pre = max(size, round(size / prep.crop_pct))
         return [A.SmallestMaxSize(max_size=pre), A.CenterCrop(size, size)]
-    if aug.resize == "letterbox":
+    if prep.resize == "letterbox":
         return [A.LongestMaxSize(max_size=size), A.PadIfNeeded(size, size, border_mode=0, fill=0)]
-    if aug.crop_pct < 1.0:
-        pre = round(size / aug.crop_pct)
+    if prep.crop_pct < 1.0:
+        pre = round(size / prep.crop_pct)
         return [A.Resize(pre, pre), A.CenterCrop(size, size)]
     return [A.Resize(size, size)]
 
 
 def build_transform(recipe: Recipe, *, train: bool, mean: Sequence[float], std: Sequence[float],
                     size: int | None = None, to_tensor: bool = True) -> Any:
-    """The albumentations pipeline for training (``train=True``) or evaluation/prediction.
+    """The albumentations pipeline of a recipe for training (``train=True``) or evaluation/prediction.
 
     ``to_tensor=False`` stops before normalization and yields uint8 HWC images: what the trainer's and
     predict's data loaders produce (they normalize whole batches with
     :class:`toolkit.data.dataset.BatchNormalize`, which gives the same floats) and what previews show.
     """
+    prep = Preprocessing.from_recipe(recipe, mean, std)
+    if train:
+        return train_pipeline(recipe.aug, prep, size=size, to_tensor=to_tensor)
+    return eval_pipeline(prep, size=size, to_tensor=to_tensor)
+
+
+def eval_pipeline(prep: Preprocessing, *, size: int | None = None, to_tensor: bool = True) -> Any:
+    """The eval pipeline of a preprocessing record: resize (and crop) to ``size`` (default its eval size)."""
+    steps = list(_resize_steps(prep, size or prep.eval_size, train=False))
+    return _compose(steps, prep, to_tensor)
+
+
+def train_pipeline(aug: AugConfig, prep: Preprocessing, *, size: int | None = None, to_tensor: bool = True) -> Any:
+    """The train pipeline: the record's resize, then the augmentation of ``aug`` (flip, preset, policies)."""
+    import albumentations as A
+
+    size = size or prep.image_size
+    steps = list(_resize_steps(prep, size, train=True))
+    if aug.preset not in PRESETS:
+        import difflib
+
+        close = difflib.get_close_matches(aug.preset, PRESETS, n=1)
+        raise RecipeError(f"aug.preset: no preset `{aug.preset}` (presets: {', '.join(list_presets())})",
+                          f"did you mean `{close[0]}`?" if close else "choose one of the presets")
+    if aug.hflip:
+        steps.append(A.HorizontalFlip(p=0.5))
+    steps += PRESETS[aug.preset]()
+    if aug.randaugment:
+        steps.append(_timm_auto_augment(aug.randaugment, size, prep.mean))
+    steps += [transform_from_spec(s, f"aug.transforms[{i}]") for i, s in enumerate(aug.transforms)]
+    return _compose(steps, prep, to_tensor)
+
+
+def _compose(steps: list[Any], prep: Preprocessing, to_tensor: bool) -> Any:
     import albumentations as A
     from albumentations.pytorch import ToTensorV2
 
-    aug = recipe.aug
-    size = size or (recipe.data.image_size if train else recipe.data.eval_size or recipe.data.image_size)
-    steps = list(_resize_steps(aug, size, train))
-    if train:
-        if aug.preset not in PRESETS:
-            import difflib
-
-            close = difflib.get_close_matches(aug.preset, PRESETS, n=1)
-            raise RecipeError(f"aug.preset: no preset `{aug.preset}` (presets: {', '.join(list_presets())})",
-                              f"did you mean `{close[0]}`?" if close else "choose one of the presets")
-        if aug.hflip:
-            steps.append(A.HorizontalFlip(p=0.5))
-        steps += PRESETS[aug.preset]()
-        if aug.randaugment:
-            steps.append(_timm_auto_augment(aug.randaugment, size, mean))
-        steps += [transform_from_spec(s, f"aug.transforms[{i}]") for i, s in enumerate(aug.transforms)]
     if to_tensor:
-        steps += [A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0), ToTensorV2()]
+        steps += [A.Normalize(mean=tuple(prep.mean), std=tuple(prep.std), max_pixel_value=255.0), ToTensorV2()]
     return A.Compose(steps)
 
 

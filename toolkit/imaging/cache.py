@@ -9,7 +9,7 @@ each entry is written to a temporary file and moved into place. Entries read onc
 memory, up to ``data.cache_ram_mb`` per process, so later epochs skip even the file read (a changed
 file is still noticed: the in-memory copy is checked against the file's size and modification time).
 
-Training and prediction read images through the same :func:`make_image_loader`, so the pixels a model
+Training and prediction read images through the same :func:`image_loader`, so the pixels a model
 is evaluated on come from exactly the same decode and downscale it was trained on.
 """
 
@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.config.schema import Recipe
 from toolkit.imaging.decode import load_image_array
 
 
@@ -32,16 +31,6 @@ def default_cache_root() -> Path:
     """``$CLSCTL_CACHE/decoded`` (default ``~/.cache/clsctl/decoded``)."""
     base = os.environ.get("CLSCTL_CACHE") or Path.home() / ".cache" / "clsctl"
     return Path(base) / "decoded"
-
-
-def needed_short_side(recipe: Recipe) -> int:
-    """The largest shorter side any transform of this recipe can use without upscaling cached pixels."""
-    aug, size = recipe.aug, max(recipe.data.image_size, recipe.data.eval_size or 0)
-    side = size / min(aug.crop_pct, 1.0)
-    if aug.resize == "random_resized_crop":
-        # a crop of area fraction s spans about √s of the side before it is resized up to `size`
-        side = max(side, size / math.sqrt(max(min(aug.scale), 0.05)))
-    return int(math.ceil(side))
 
 
 class DecodedImageCache:
@@ -197,13 +186,17 @@ def warm_cache(cache: DecodedImageCache, paths: Sequence[str], processes: int, *
     return result
 
 
-def make_image_loader(recipe: Recipe, ram_mb: float | None = None) -> Callable[[str], np.ndarray]:
-    """The function every stage reads images with for this recipe (cached or direct).
+def image_loader(short_side: int | None, cache_dir: str | os.PathLike[str] | None = None,
+                 ram_mb: float = 0) -> Callable[[str], np.ndarray]:
+    """The function every stage reads images with: through the cache at ``short_side``, or a plain decode.
 
-    ``ram_mb`` overrides ``data.cache_ram_mb`` (a single pass over the data, as in prediction, has no
-    use for the in-memory tier; DataLoader workers each hold a copy, so the trainer splits it).
+    Args:
+        short_side: Cached images are downscaled so their shorter side is this; None reads files directly.
+        cache_dir: The cache's folder (default: :func:`default_cache_root`).
+        ram_mb: In-memory tier per process (a single pass over the data has no use for it; DataLoader
+            workers each hold a copy, so the trainer splits its budget among them).
     """
-    if not recipe.data.cache:
+    if short_side is None:
         return load_image_array
-    root = Path(recipe.data.cache_dir) if recipe.data.cache_dir else default_cache_root()
-    return DecodedImageCache(root, needed_short_side(recipe), recipe.data.cache_ram_mb if ram_mb is None else ram_mb)
+    root = Path(cache_dir) if cache_dir else default_cache_root()
+    return DecodedImageCache(root, short_side, ram_mb)

@@ -1,8 +1,10 @@
 """The artifact store: a run is a folder, and the folder is the record.
 
-See :mod:`toolkit.store.run` for the layout and the id scheme, :mod:`toolkit.store.atomic`
-for the crash-safe writers, and :mod:`toolkit.store.fingerprint` for data fingerprints.
-Nothing heavy is imported here (pandas only when a table is asked for).
+:mod:`toolkit.store.run` is one run folder (``Run``), :mod:`toolkit.store.files` the typed reader and
+writer of every file in it, :mod:`toolkit.store.runstore` the runs folder (create, open, list, globs),
+:mod:`toolkit.store.tables` the atomic table writer and the probability-frame layout,
+:mod:`toolkit.store.atomic` the crash-safe writers and :mod:`toolkit.store.fingerprint` data
+fingerprints. Nothing heavy is imported here (pandas only when a table is asked for).
 """
 
 from __future__ import annotations
@@ -17,18 +19,11 @@ from toolkit.store.atomic import (
     to_jsonable,
 )
 from toolkit.store.fingerprint import data_fingerprint, manifest_fingerprint
-from toolkit.store.run import (
-    RUN_JSON,
-    Run,
-    RunStatus,
-    RunStore,
-    default_runs_root,
-    is_run_dir,
-    resolve_runs,
-    slugify,
-)
+from toolkit.store.run import FORMAT_VERSION, RUN_JSON, Run, RunStatus, default_runs_root, is_run_dir, slugify
+from toolkit.store.runstore import RunStore, resolve_runs
 
 __all__ = [
+    "FORMAT_VERSION",
     "RUN_JSON",
     "Run",
     "RunStatus",

@@ -1,0 +1,157 @@
+"""Tables on disk: the one atomic DataFrame writer and reader, and the one probability-frame builder.
+
+Every CSV or Parquet file a stage writes (manifests, ``oof.parquet``, prediction sets, submissions)
+goes through :func:`write_table`, so they share one set of CSV settings and are replaced atomically.
+:func:`probability_frame` lays out the probability tables (out-of-fold rows and prediction sets
+alike): ``id``, ``path``, optional ``fold``, then per head an optional ``label`` and ``pred`` column
+and one float32 probability column per class, named by the class (``<head>:<class>``,
+``label:<head>`` and ``pred:<head>`` when there are several heads).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from toolkit.errors import DataError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+StrPath = str | os.PathLike[str]
+
+CSV_SUFFIXES = (".csv",)
+PARQUET_SUFFIXES = (".parquet", ".pq")
+# Columns of a probability table that are not class probabilities.
+RESERVED_COLUMNS = ("id", "path", "fold", "label", "pred")
+
+
+def table_format(path: StrPath) -> str:
+    """``csv`` or ``parquet`` from a file name; anything else is a :class:`DataError`."""
+    suffix = Path(path).suffix.lower()
+    if suffix in CSV_SUFFIXES:
+        return "csv"
+    if suffix in PARQUET_SUFFIXES:
+        return "parquet"
+    raise DataError(f"{path}: unknown table suffix {suffix or '(none)'!r}", "use a .csv or .parquet file")
+
+
+def write_table(frame: pd.DataFrame, path: StrPath) -> Path:
+    """Write a DataFrame atomically as CSV or Parquet (by suffix); the index is never written.
+
+    CSV lines end with ``\\n`` on every platform. Parquet keeps ``frame.attrs`` where JSON can hold them.
+
+    Returns:
+        The written path.
+    """
+    from toolkit.store.atomic import atomic_write_bytes, atomic_write_text
+
+    target = Path(path)
+    if table_format(target) == "csv":
+        atomic_write_text(target, frame.to_csv(index=False, lineterminator="\n"))
+        return target
+    out = frame
+    if frame.attrs:
+        # pandas stores attrs as JSON in the Parquet metadata; keep only what JSON can hold.
+        out = frame.copy()
+        out.attrs = json.loads(json.dumps(frame.attrs, default=str))
+    buffer = io.BytesIO()
+    out.to_parquet(buffer, index=False)
+    atomic_write_bytes(target, buffer.getvalue())
+    return target
+
+
+def read_table(path: StrPath, *, text_columns: Sequence[str] = (), first_column_text: bool = False,
+               keep_default_na: bool = True, what: str = "table",
+               hint: str = "check that it is a valid CSV (UTF-8, with a header row) or Parquet file") -> pd.DataFrame:
+    """Read a CSV or Parquet table, with one clear error for a missing or unreadable file.
+
+    Args:
+        path: A ``.csv``, ``.parquet`` or ``.pq`` file.
+        text_columns: CSV columns read as text, as written (``"0001"`` must not become ``1``).
+        first_column_text: Also read the first CSV column as text (the id column of submissions).
+        keep_default_na: False keeps cells like ``NA`` or ``null`` as text.
+        what: How the error names the file (``manifest``, ``sample submission``...).
+        hint: How the error says to fix it.
+
+    Raises:
+        DataError: Missing file, unknown suffix, or a file pandas cannot parse.
+    """
+    import pandas as pd
+
+    target = Path(path)
+    if not target.is_file():
+        raise DataError(f"{what} {target} does not exist", hint)
+    kind = table_format(target)
+    try:
+        if kind == "parquet":
+            return pd.read_parquet(target)
+        dtype = {c: str for c in text_columns}
+        if first_column_text:
+            header = pd.read_csv(target, nrows=0)
+            if len(header.columns):
+                dtype[header.columns[0]] = str
+        return pd.read_csv(target, dtype=dtype or None, keep_default_na=keep_default_na)
+    except (ValueError, OSError, IndexError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        # pyarrow's ArrowInvalid and pandas' EmptyDataError are ValueErrors.
+        raise DataError(f"cannot read {what} {target}: {exc}", hint) from None
+
+
+def probability_frame(ids: Sequence[Any], paths: Sequence[Any] | None, probs: Mapping[str, np.ndarray],
+                      classes: Mapping[str, Sequence[str]], *, folds: Sequence[int] | np.ndarray | int | None = None,
+                      labels: Mapping[str, np.ndarray] | None = None) -> pd.DataFrame:
+    """The probability table of out-of-fold rows or of a prediction set.
+
+    Args:
+        ids: One id per row (written as text).
+        paths: Relative image paths, or None (the column is then empty).
+        probs: Head → probabilities ``[N, C]`` in ``classes[head]`` order.
+        classes: Head → class names.
+        folds: The fold of each row (or one fold for all rows); None leaves the column out.
+        labels: Head → true class index per row; when given, ``label`` and ``pred`` columns are added.
+
+    Returns:
+        The frame, columns in the documented order, probabilities as float32.
+    """
+    import numpy as np
+    import pandas as pd
+
+    columns: dict[str, Any] = {"id": [str(i) for i in ids]}
+    n = len(columns["id"])
+    columns["path"] = list(paths) if paths is not None else [None] * n
+    if folds is not None:
+        columns["fold"] = np.full(n, folds, dtype=np.int64) if np.ndim(folds) == 0 else np.asarray(folds)
+    multi = len(probs) > 1
+    for head, p in probs.items():
+        names = np.asarray(list(classes[head]), dtype=object)
+        p = np.asarray(p)
+        if labels is not None:
+            columns[f"label:{head}" if multi else "label"] = names[np.asarray(labels[head])]
+            columns[f"pred:{head}" if multi else "pred"] = names[p.argmax(1)]
+        for c_i, c in enumerate(classes[head]):
+            columns[f"{head}:{c}" if multi else c] = p[:, c_i].astype(np.float32)
+    return pd.DataFrame(columns)
+
+
+def frame_probabilities(frame: pd.DataFrame, heads: Sequence[str], classes: Mapping[str, Sequence[str]]
+                        ) -> dict[str, np.ndarray]:
+    """Head → ``[N, C]`` probabilities read back from a :func:`probability_frame` table.
+
+    Raises:
+        DataError: A class column is missing.
+    """
+    multi = len(heads) > 1
+    out = {}
+    for head in heads:
+        cols = [f"{head}:{c}" if multi else str(c) for c in classes[head]]
+        lacking = [c for c in cols if c not in frame.columns]
+        if lacking:
+            raise DataError(f"probability table lacks the class column(s) {', '.join(lacking)}",
+                            "it was written for other classes; predict again")
+        out[head] = frame[cols].to_numpy(dtype="float64")
+    return out
