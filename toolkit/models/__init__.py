@@ -1,13 +1,15 @@
-"""Models: timm factory (pretrained from the hub or a local file) and the multi-head wrapper."""
+"""Models: the timm factory (hub or local weights), the multi-head wrapper, and the checkpoint record."""
 
-from toolkit.models.factory import (
-    MultiHeadModel,
-    check_hub_reachable,
-    create_model,
+from toolkit.models.checkpoint import (
+    FoldModel,
+    ModelRecord,
     load_checkpoint,
-    model_data_config,
+    load_fold_model,
+    model_settings,
+    read_record,
     save_checkpoint,
 )
+from toolkit.models.factory import MultiHeadModel, check_hub_reachable, create_model, model_data_config
 
-__all__ = ["MultiHeadModel", "check_hub_reachable", "create_model", "load_checkpoint", "model_data_config",
-           "save_checkpoint"]
+__all__ = ["FoldModel", "ModelRecord", "MultiHeadModel", "check_hub_reachable", "create_model", "load_checkpoint",
+           "load_fold_model", "model_data_config", "model_settings", "read_record", "save_checkpoint"]

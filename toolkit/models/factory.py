@@ -1,19 +1,16 @@
-"""Create timm models from a recipe's ``[model]`` section, and save/load checkpoints safely.
+"""Create timm models from a recipe's ``[model]`` section (hub or local pretrained weights, multi-head).
 
 Pretrained weights come from the hub or from ``model.pretrained_file``. When the hub cannot be
 reached we fail at once with the fix, instead of letting the download retry for most of a minute.
-Checkpoints are safetensors (no pickles), laid out so that a single-head checkpoint loads straight
-into ``timm.create_model(arch, pretrained=True, num_classes=N, pretrained_cfg_overlay=dict(file=..., num_classes=N))``
-(without ``num_classes`` in the overlay timm drops the file's head as if it were an ImageNet one).
+Checkpoints and their record live in :mod:`toolkit.models.checkpoint`.
 """
 
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -23,7 +20,6 @@ from torch import nn
 
 from toolkit.config.schema import ModelConfig
 from toolkit.errors import DataError, RecipeError, ToolkitError
-from toolkit.store.atomic import atomic_write_bytes, atomic_write_json
 
 _TRUE = ("1", "true", "yes", "on")
 
@@ -95,7 +91,8 @@ def check_hub_reachable(name: str, timeout: float = 3.0) -> None:
             "or set HF_HUB_OFFLINE=1 to use weights already in the local cache") from None
 
 
-def _check_name(name: str) -> None:
+def check_model_name(name: str) -> None:
+    """Raise a RecipeError naming the closest timm models when ``name`` is not one."""
     import timm
 
     base = name.split(".")[0]
@@ -121,7 +118,7 @@ def create_model(cfg: ModelConfig, num_classes: int | Sequence[int], head_names:
     """
     import timm
 
-    _check_name(cfg.name)
+    check_model_name(cfg.name)
     kwargs: dict[str, Any] = dict(cfg.kwargs)
     kwargs["in_chans"] = cfg.in_chans
     if cfg.drop_path_rate is not None:
@@ -186,36 +183,3 @@ def model_data_config(model: nn.Module) -> dict[str, Any]:
         return dict(timm.data.resolve_model_data_config(inner))
     except Exception:  # models without a pretrained config: fall back to ImageNet statistics
         return {"mean": timm.data.IMAGENET_DEFAULT_MEAN, "std": timm.data.IMAGENET_DEFAULT_STD}
-
-
-def save_checkpoint(model: nn.Module, path: str | Path, meta: Mapping[str, Any]) -> None:
-    """Write ``model.safetensors`` and a ``.json`` beside it, both atomically.
-
-    The JSON (class list, preprocessing, architecture, heads) is what predict needs to rebuild the
-    model and its eval transform without re-typing anything.
-    """
-    from safetensors.torch import save
-
-    path = Path(path)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    # safetensors refuses tensors that share memory; tied weights are cloned so each key stands alone.
-    seen: dict[int, str] = {}
-    for key, value in list(state.items()):
-        ptr = value.untyped_storage().data_ptr() if value.numel() else -1
-        if ptr in seen and ptr != -1:
-            state[key] = value.clone()
-        seen[ptr] = key
-    atomic_write_bytes(path, save(state, metadata={"format": "pt"}))
-    atomic_write_json(path.with_suffix(".json"), dict(meta))
-
-
-def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read a checkpoint written by :func:`save_checkpoint`; never unpickles anything."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"checkpoint {path} does not exist", "train the fold first, or check the run folder")
-    meta_path = path.with_suffix(".json")
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    return load_file(str(path)), meta

@@ -29,10 +29,10 @@ def validate_recipe(recipe: Recipe) -> None:
 
     from toolkit.data.transforms import validate_aug
     from toolkit.metrics import metric_direction
-    from toolkit.models.factory import _check_name
+    from toolkit.models.factory import check_model_name
     from toolkit.train.losses import create_loss
 
-    _check_name(recipe.model.name)
+    check_model_name(recipe.model.name)
     _choice("optim.name", recipe.optim.name.lower(), timm.optim.list_optimizers())
     _choice("sched.name", recipe.sched.name, SCHEDULERS)
     metric_direction(recipe.train.metric)
