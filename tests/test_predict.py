@@ -16,7 +16,7 @@ from PIL import Image
 from toolkit.cli.main import run as cli
 from toolkit.config import load_recipe
 from toolkit.errors import DataError, UsageError
-from toolkit.predict import build_submission, check_input_sizes, eval_transform, parse_tta, predict
+from toolkit.predict import build_submission, check_input_sizes, parse_tta, predict
 from toolkit.predict.tta import apply_op, build_views
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,14 +58,13 @@ def _unlabeled(folder: Path, n: int = 5, symmetric: bool = False, seed: int = 3)
 @pytest.mark.parametrize("recipe_path", sorted((REPO / "recipes").glob("*.toml")), ids=lambda p: p.stem)
 def test_preprocessing_equals_trainer_eval_for_every_recipe(recipe_path, eval_size):
     """What the trainer builds for validation (its image loader, resolve_normalization on the model's
-    config, then build_transform(train=False)) equals what predict rebuilds from recipe.toml + model.json."""
+    config, then build_transform(train=False)) equals what predict rebuilds from model.json alone."""
     import albumentations as A
 
     from toolkit.config.loader import with_overrides
-    from toolkit.data.transforms import build_transform, resolve_normalization
-    from toolkit.imaging.cache import make_image_loader
-    from toolkit.models import create_model, model_data_config
-    from toolkit.predict import image_loader
+    from toolkit.data.preprocessing import Preprocessing, make_image_loader
+    from toolkit.data.transforms import build_transform, eval_pipeline, resolve_normalization
+    from toolkit.models import ModelRecord, create_model, model_data_config, model_settings
 
     recipe = load_recipe(recipe_path)
     if eval_size is not None:
@@ -76,13 +75,14 @@ def test_preprocessing_equals_trainer_eval_for_every_recipe(recipe_path, eval_si
         model = create_model(cfg, [3] * len(heads) if heads else 3, heads or None)
     mean, std = resolve_normalization(recipe.data, model_data_config(model))
     trainer_tf = build_transform(recipe, train=False, mean=mean, std=std)
-    # model.json as the trainer writes it (Trainer._checkpoint_meta), after a JSON round trip
-    meta = json.loads(json.dumps({"arch": recipe.model.name, "in_chans": recipe.model.in_chans,
-                                  "image_size": recipe.data.image_size,
-                                  "eval_size": recipe.data.eval_size or recipe.data.image_size,
-                                  "mean": list(mean), "std": list(std),
-                                  "resize": recipe.aug.resize, "crop_pct": recipe.aug.crop_pct}))
-    predict_tf = eval_transform(recipe, meta)
+    # model.json as the trainer writes it, after a JSON round trip, read with no recipe
+    names = heads or ["label"]
+    written = ModelRecord(arch=recipe.model.name, heads=names, classes={h: ["a", "b", "c"] for h in names},
+                          preprocessing=Preprocessing.from_recipe(recipe, mean, std),
+                          model=model_settings(recipe.model))
+    record = ModelRecord.from_json(json.loads(json.dumps(written.to_json())))
+    assert record == written
+    predict_tf = eval_pipeline(record.preprocessing)
     assert A.to_dict(predict_tf) == A.to_dict(trainer_tf)
     image = np.random.default_rng(0).integers(0, 256, (61, 83, 3)).astype(np.uint8)
     a, b = trainer_tf(image=image)["image"], predict_tf(image=image)["image"]
@@ -90,13 +90,14 @@ def test_preprocessing_equals_trainer_eval_for_every_recipe(recipe_path, eval_si
     assert a.shape == (3, side, side)
     assert torch.equal(a, b)
     # the same pixels before the transforms: the decoded cache at the same downscale
-    trainer_loader, predict_loader = make_image_loader(recipe), image_loader(recipe, meta)
+    trainer_loader, predict_loader = make_image_loader(recipe), record.preprocessing.image_loader(0)
     assert type(predict_loader) is type(trainer_loader)
     if recipe.data.cache:  # same folder and downscale; only the in-memory budget differs (predict keeps none)
         assert (predict_loader.root, predict_loader.short_side) == (trainer_loader.root, trainer_loader.short_side)
         assert predict_loader.ram_budget == 0
     # model.json is the source of truth: another recorded mean changes the output
-    other = eval_transform(recipe, {**meta, "mean": [0.0, 0.0, 0.0]})(image=image)["image"]
+    other_prep = dataclasses.replace(record.preprocessing, mean=(0.0, 0.0, 0.0))
+    other = eval_pipeline(other_prep)(image=image)["image"]
     assert not torch.equal(other, a)
 
 

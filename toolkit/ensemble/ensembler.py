@@ -32,6 +32,7 @@ from toolkit.ensemble.members import (
 from toolkit.ensemble.selection import METRICS, bagged_greedy, crossfit_labels, fast_score, fit_weights
 from toolkit.ensemble.voting import VOTES, combine, normalize_weights
 from toolkit.errors import DataError, UsageError
+from toolkit.store.tables import probability_frame
 
 
 @dataclass
@@ -201,11 +202,10 @@ def ensemble(refs: Sequence[str | Path], *, vote: str = "soft", weights: str | S
         result.oof_metrics = _scores(y, scores if vote == "soft" else labels, classes)
         result.cv = _cv(y, scores if vote == "soft" else labels, folds, classes)
         result.per_class = _per_class(result.member_scores, result.oof_metrics, classes)
-        oof_frame = pd.DataFrame({"id": ref["id"].astype(str), "path": ref["path"] if "path" in ref.columns else None,
-                                  "fold": folds, "label": label_names,
-                                  "pred": np.asarray(classes, dtype=object)[labels]})
-        for c_i, c in enumerate(classes):
-            oof_frame[c] = scores[:, c_i].astype(np.float32)
+        oof_frame = probability_frame(ref["id"].astype(str).tolist(),
+                                      ref["path"].tolist() if "path" in ref.columns else None,
+                                      {"label": scores}, {"label": classes}, folds=folds, labels={"label": y},
+                                      preds={"label": labels})
     else:
         result.notes.append(f"no out-of-fold score: member(s) {', '.join(no_oof)} are prediction files")
 
@@ -224,7 +224,7 @@ def ensemble(refs: Sequence[str | Path], *, vote: str = "soft", weights: str | S
                       if "path" in m.test.columns and m.test["path"].notna().all()), None)
         result.test_ids = ref_t["id"].astype(str).tolist()
         result.test_scores, result.test_labels = scores_t, labels_t
-        from toolkit.predict.submission import build_submission, probability_frame, read_sample
+        from toolkit.predict.submission import build_submission, read_sample
 
         sample = read_sample(sample_submission) if sample_submission is not None else None
         where = f"sample submission {sample_submission}" if sample_submission is not None else "submission"
@@ -255,8 +255,8 @@ def _cv(y: np.ndarray, pred: np.ndarray, folds: np.ndarray, classes: list[str]) 
     return cv_summary(per_fold)
 
 
-def _write(result: EnsembleResult, runs_root, name, oof_frame, test_frame, submission) -> None:  # noqa: ANN001
-    from toolkit.predict.submission import write_table
+def _write(result: EnsembleResult, runs_root: str | Path | None, name: str | None, oof_frame: pd.DataFrame | None,
+           test_frame: pd.DataFrame | None, submission: pd.DataFrame | None) -> None:
     from toolkit.store import RunStore
 
     parents = [m.run for m in result.members if m.is_run]
@@ -266,14 +266,9 @@ def _write(result: EnsembleResult, runs_root, name, oof_frame, test_frame, submi
                "members": [m.source for m in result.members]})
     with run.activate():
         if oof_frame is not None:
-            write_table(oof_frame, run.file("oof.parquet"))
-            result.files["oof"] = run.file("oof.parquet")
+            result.files["oof"] = run.write_oof(oof_frame)
         if test_frame is not None:
-            # Not with_suffix: a set name such as test-scale1.15 has a dot of its own.
-            result.files["parquet"] = run.file(f"predictions/{result.prediction_set}.parquet")
-            result.files["csv"] = run.file(f"predictions/{result.prediction_set}.csv")
-            write_table(test_frame, result.files["parquet"])
-            write_table(submission, result.files["csv"])
+            result.files.update(run.write_predictions(result.prediction_set, test_frame, submission, None))
         run.update_summary(result.summary())
         result.files["summary"] = run.file("summary.json")
     result.run = run

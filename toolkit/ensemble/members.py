@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from toolkit.errors import DataError, RunError, UsageError
-from toolkit.predict.inputs import examples
+from toolkit.errors import DataError, RunError, UsageError, examples
+from toolkit.store import Run, resolve_runs
+from toolkit.store.tables import RESERVED_COLUMNS, read_table
 
-RESERVED = ("id", "path", "fold", "label", "pred")
 FILE_SUFFIXES = (".parquet", ".pq", ".csv")
 
 
@@ -42,31 +42,22 @@ class Member:
         return self.run is not None
 
 
-def _single_head_classes(run) -> list[str]:  # noqa: ANN001
-    summary = run.summary
-    classes = summary.get("classes")
-    heads = summary.get("heads") or (list(classes) if isinstance(classes, dict) else [])
-    if not isinstance(classes, dict) or not heads:
-        raise RunError(f"run {run.id} has no class list in summary.json", "ensemble finished train or ensemble runs")
+def _single_head_classes(run: Run) -> list[str]:
+    try:
+        heads, classes = run.read_classes()
+    except RunError:
+        raise RunError(f"run {run.id} has no class list in summary.json", "ensemble finished train or ensemble runs") from None
     if len(heads) > 1:
         raise UsageError(f"run {run.id} is a multi-head run ({', '.join(heads)})",
                          "ensemble single-head runs; for multi-head runs ensemble one head's predictions as files")
     return list(classes[heads[0]])
 
 
-def prediction_sets(run) -> dict[str, float]:  # noqa: ANN001
-    """Prediction set name → modification time, for a run's ``predictions/*.parquet``."""
-    folder = run.file("predictions")
-    if not folder.is_dir():
-        return {}
-    return {p.stem: p.stat().st_mtime for p in folder.glob("*.parquet") if not p.name.startswith(".")}
-
-
 def common_prediction_set(runs: Sequence, wanted: str | None) -> str | None:
     """The prediction set every run has: ``wanted`` (an error if a run lacks it), or the newest common one."""
     if not runs:
         return None
-    sets = [prediction_sets(r) for r in runs]
+    sets = [r.prediction_sets() for r in runs]
     if wanted is not None:
         lacking = [r.id for r, s in zip(runs, sets, strict=True) if wanted not in s]
         if lacking:
@@ -81,18 +72,9 @@ def common_prediction_set(runs: Sequence, wanted: str | None) -> str | None:
     return max(common, key=lambda n: (max(s[n] for s in sets), n))
 
 
-def _read_table(path: Path) -> pd.DataFrame:
-    try:
-        if path.suffix.lower() == ".csv":
-            header = pd.read_csv(path, nrows=0)
-            return pd.read_csv(path, dtype={header.columns[0]: str}, keep_default_na=False)
-        return pd.read_parquet(path)
-    except (ValueError, OSError, IndexError, pd.errors.ParserError) as exc:
-        raise DataError(f"cannot read {path}: {exc}", "pass a Parquet prediction file or a submission CSV") from None
-
-
 def _file_member(path: Path, name: str) -> Member:
-    frame = _read_table(path)
+    frame = read_table(path, first_column_text=True, keep_default_na=False, what="prediction file",
+                       hint="pass a Parquet prediction file or a submission CSV")
     if path.suffix.lower() == ".csv":
         id_col = frame.columns[0]
         frame = frame.rename(columns={id_col: "id"})
@@ -106,7 +88,7 @@ def _file_member(path: Path, name: str) -> Member:
         if "id" not in frame.columns:
             raise DataError(f"{path} has no `id` column (columns: {examples([str(c) for c in frame.columns])})",
                             "pass a predictions/<name>.parquet written by clsctl predict, or a table with id + classes")
-        classes = [str(c) for c in frame.columns if c not in RESERVED]
+        classes = [str(c) for c in frame.columns if c not in RESERVED_COLUMNS]
     if not classes:
         raise DataError(f"{path} has no class columns", "one probability column per class is needed")
     frame = frame.copy()
@@ -114,17 +96,12 @@ def _file_member(path: Path, name: str) -> Member:
     return Member(name, str(path), None, classes, None, frame)
 
 
-def _run_member(run, name: str, prediction_set: str | None) -> Member:  # noqa: ANN001
+def _run_member(run: Run, name: str, prediction_set: str | None) -> Member:
     classes = _single_head_classes(run)
-    oof_path = run.file("oof.parquet")
-    if not oof_path.is_file():
+    if not run.has_oof():
         raise RunError(f"run {run.id} has no oof.parquet", "ensemble runs whose folds finished (k-fold train runs)")
-    oof = pd.read_parquet(oof_path)
-    oof["id"] = oof["id"].astype(str)
-    test = None
-    if prediction_set is not None:
-        test = pd.read_parquet(run.file(f"predictions/{prediction_set}.parquet"))
-        test["id"] = test["id"].astype(str)
+    oof = run.read_oof()
+    test = run.read_predictions(prediction_set) if prediction_set is not None else None
     return Member(name, run.id, run, classes, oof, test)
 
 
@@ -133,13 +110,13 @@ def is_file_ref(ref: str | os.PathLike[str]) -> bool:
     return path.is_file() and path.suffix.lower() in FILE_SUFFIXES
 
 
-def _glob_skip_reason(run) -> str | None:  # noqa: ANN001
+def _glob_skip_reason(run: Run) -> str | None:
     """Why a run matched by a glob is left out (None: it is a member)."""
     if run.kind != "train":
         return f"a `{run.kind}` run (name it explicitly to include it)"
     if run.info.get("status") != "finished":
         return f"status {run.info.get('status')}"
-    if not run.file("oof.parquet").is_file():
+    if not run.has_oof():
         return "no oof.parquet"
     return None
 
@@ -156,8 +133,6 @@ def load_members(refs: Sequence[str | os.PathLike[str]], runs_root: str | Path |
         The members, the prediction set name used for the run members (None: none in common), and one
         line per run a glob skipped.
     """
-    from toolkit.store import resolve_runs
-
     if not refs:
         raise UsageError("no members given", "pass runs (folders, ids, globs like runs/*) and/or prediction files")
     resolved: list[tuple[str, object]] = []

@@ -12,54 +12,31 @@ See :mod:`toolkit.predict.tta` for the views and :mod:`toolkit.predict.submissio
 
 from __future__ import annotations
 
-from toolkit.predict.engine import (
-    FoldModel,
-    Inference,
-    available_folds,
-    batch_normalizer,
-    check_input_sizes,
-    combine_views,
-    eval_size,
-    eval_transform,
-    image_loader,
-    load_fold_model,
-    run_classes,
-    select_folds,
-    train_transform,
-)
+from toolkit.predict.engine import Inference, check_input_sizes, combine_views, pipelines_for, select_folds
 from toolkit.predict.inputs import PredictionInput, read_input
 from toolkit.predict.predictor import PredictResult, choose_tta, default_name, predict, score_predictions
-from toolkit.predict.submission import align_to_sample, build_submission, probability_frame, read_sample
+from toolkit.predict.submission import align_to_sample, build_submission, read_sample
 from toolkit.predict.tta import AUTO_POLICIES, VIEW_NAMES, View, build_views, parse_tta
 
 __all__ = [
     "AUTO_POLICIES",
     "VIEW_NAMES",
-    "FoldModel",
     "Inference",
     "PredictResult",
     "PredictionInput",
     "View",
     "align_to_sample",
-    "available_folds",
     "build_submission",
     "build_views",
     "check_input_sizes",
     "choose_tta",
     "combine_views",
     "default_name",
-    "eval_size",
-    "batch_normalizer",
-    "eval_transform",
-    "image_loader",
-    "load_fold_model",
     "parse_tta",
+    "pipelines_for",
     "predict",
-    "probability_frame",
     "read_input",
     "read_sample",
-    "run_classes",
     "score_predictions",
     "select_folds",
-    "train_transform",
 ]

@@ -8,73 +8,37 @@ autocast. On CUDA a batch that runs out of memory is retried in halves.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import random
 import sys
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from toolkit.config.schema import Recipe
+from toolkit.config.schema import AugConfig
+from toolkit.data.dataset import BatchNormalize, as_tensor
+from toolkit.data.training import parse_fold_selection
 from toolkit.errors import RunError, ToolkitError, UsageError
+from toolkit.imaging.decode import load_image_array
+from toolkit.metrics import is_better
+from toolkit.models.checkpoint import FoldModel, ModelRecord
 from toolkit.predict.tta import Pipeline, View, apply_op, view_sizes
 from toolkit.runtime import make_accelerator, predict_loader_workers
-
-# Keys of model.json that decide preprocessing; folds that share them share one data pass.
-PREPROCESSING_KEYS = ("image_size", "eval_size", "mean", "std", "resize", "crop_pct", "in_chans")
-
-
-@dataclass
-class FoldModel:
-    """One fold's model (in eval mode) and its ``model.json``."""
-
-    fold: int
-    model: torch.nn.Module
-    meta: dict[str, Any]
+from toolkit.store import Run
 
 
 # --------------------------------------------------------------------------- runs → models
-def run_classes(run) -> tuple[list[str], dict[str, list[str]]]:  # noqa: ANN001 - toolkit.store.Run
-    """The run's heads and class list per head (from summary.json, else classes.json)."""
-    from toolkit.store.atomic import read_json
-
-    for name in ("summary.json", "classes.json"):
-        path = run.file(name)
-        if path.is_file():
-            data = read_json(path)
-            if isinstance(data.get("classes"), dict) and data.get("heads"):
-                return list(data["heads"]), {h: list(c) for h, c in data["classes"].items()}
-    raise RunError(f"run {run.id} records no class list (no summary.json or classes.json)",
-                   "train the run to the end, or pass a train run")
-
-
-def available_folds(run) -> list[int]:  # noqa: ANN001
-    """Folds with a saved best checkpoint."""
-    folds_dir = run.file("folds")
-    if not folds_dir.is_dir():
-        return []
-    found = [int(p.name) for p in folds_dir.iterdir()
-             if p.name.isdigit() and (p / "model.safetensors").is_file()]
-    return sorted(found)
-
-
-def select_folds(run, spec: str | int | None, available: Sequence[int]) -> list[int]:  # noqa: ANN001
+def select_folds(run: Run, spec: str | int | None, available: Sequence[int]) -> list[int]:
     """``all`` → every fold with a checkpoint; ``best`` → the best fold by the run's selection score; ``K``/``0,2``."""
-    from toolkit.data.training import parse_fold_selection
-
     if not available:
         raise RunError(f"run {run.id} has no fold checkpoints (folds/<k>/model.safetensors)",
                        "predict from a train run whose folds finished (clsctl ensemble combines other runs)")
     text = "all" if spec is None else str(spec).strip().lower()
     if text != "best":
         return parse_fold_selection(text, list(available))
-    from toolkit.metrics import is_better
-
     summary = run.summary
     metric = summary.get("metric") or "macro_f1"
     best, best_score = None, None
@@ -90,84 +54,25 @@ def select_folds(run, spec: str | int | None, available: Sequence[int]) -> list[
     return [best]
 
 
-def eval_size(meta: dict[str, Any]) -> int:
-    """The side length a checkpoint was validated at (``data.eval_size``, else its training size)."""
-    return int(meta.get("eval_size") or meta["image_size"])
+def pipelines_for(views: Sequence[View], record: ModelRecord, aug: AugConfig) -> list[tuple[Pipeline, Any]]:
+    """The distinct decode-side pipelines the views need, built from the checkpoint's preprocessing record.
 
-
-def model_recipe(recipe: Recipe, meta: dict[str, Any]) -> Recipe:
-    """The recipe with the preprocessing a checkpoint recorded (model.json wins over recipe.toml)."""
-    data = dataclasses.replace(recipe.data, image_size=int(meta.get("image_size", recipe.data.image_size)),
-                               eval_size=meta.get("eval_size", recipe.data.eval_size))
-    aug = dataclasses.replace(recipe.aug, resize=meta.get("resize", recipe.aug.resize),
-                              crop_pct=float(meta.get("crop_pct", recipe.aug.crop_pct)))
-    return dataclasses.replace(recipe, data=data, aug=aug)
-
-
-def eval_transform(recipe: Recipe, meta: dict[str, Any], size: int | None = None, to_tensor: bool = True) -> Any:
-    """The eval pipeline of a checkpoint: ``build_transform(train=False)`` with model.json's mean/std/size.
-
-    ``to_tensor=False``: uint8 HWC output, normalized later per batch (:func:`batch_normalizer`).
+    They stop before normalization (uint8 HWC); the batch normalizer of the record finishes the job.
+    ``aug`` (the run's ``[aug]`` section) is only read by ``trainaug`` views.
     """
-    from toolkit.data.transforms import build_transform
+    from toolkit.data.transforms import eval_pipeline, train_pipeline
 
-    return build_transform(model_recipe(recipe, meta), train=False, mean=meta["mean"], std=meta["std"], size=size,
-                           to_tensor=to_tensor)
-
-
-def batch_normalizer(meta: dict[str, Any], channels_last: bool = False) -> Any:
-    """What turns a checkpoint's uint8 batches into model input: its mean/std, exactly as in training."""
-    from toolkit.data.dataset import BatchNormalize
-
-    return BatchNormalize(meta["mean"], meta["std"], channels_last=channels_last)
-
-
-def image_loader(recipe: Recipe, meta: dict[str, Any]) -> Any:
-    """How the trainer read this checkpoint's pixels: ``make_image_loader`` (the decoded cache, or direct)."""
-    from toolkit.imaging.cache import make_image_loader
-
-    return make_image_loader(model_recipe(recipe, meta), ram_mb=0)  # one read per image: nothing to keep
-
-
-def train_transform(recipe: Recipe, meta: dict[str, Any], to_tensor: bool = True) -> Any:
-    """The recipe's train pipeline with the checkpoint's mean/std/size (for ``trainaug`` views)."""
-    from toolkit.data.transforms import build_transform
-
-    return build_transform(model_recipe(recipe, meta), train=True, mean=meta["mean"], std=meta["std"],
-                           to_tensor=to_tensor)
-
-
-def load_fold_model(run, k: int, recipe: Recipe) -> FoldModel:  # noqa: ANN001
-    """Rebuild fold ``k``'s model from the recipe (no pretrained download) and load its safetensors."""
-    from toolkit.models import create_model, load_checkpoint
-
-    state, meta = load_checkpoint(run.file(f"folds/{k}/model.safetensors"))
-    missing = [key for key in ("mean", "std", "image_size") if key not in meta]
-    if missing:
-        raise RunError(f"run {run.id} fold {k}: model.json lacks {', '.join(missing)}",
-                       "the checkpoint was not written by clsctl train; retrain the fold")
-    cfg = dataclasses.replace(recipe.model, pretrained=False, pretrained_file=None)
-    multi = bool(meta.get("multi_head"))
-    model = create_model(cfg, meta["num_classes"], meta["heads"] if multi else None)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise RunError(f"run {run.id} fold {k}: the checkpoint does not fit `{cfg.name}`: {first}",
-                       "recipe.toml and the checkpoint disagree; retrain the fold") from None
-    model.eval()
-    if recipe.model.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return FoldModel(k, model, meta)
-
-
-def preprocessing_key(meta: dict[str, Any]) -> tuple:
-    return tuple(str(meta.get(k)) for k in PREPROCESSING_KEYS)
-
-
-def head_sizes(meta: dict[str, Any]) -> list[int]:
-    n = meta["num_classes"]
-    return [int(x) for x in n] if isinstance(n, list) else [int(n)]
+    prep = record.preprocessing
+    seen: dict[str, tuple[Pipeline, Any]] = {}
+    for view in views:
+        pipe = view.pipeline
+        if pipe.key in seen:
+            continue
+        if pipe.kind == "train":
+            seen[pipe.key] = (pipe, train_pipeline(aug, prep, to_tensor=False))
+        else:
+            seen[pipe.key] = (pipe, eval_pipeline(prep, size=pipe.size, to_tensor=False))
+    return list(seen.values())
 
 
 def check_input_sizes(model: torch.nn.Module, sizes: Sequence[int], trained: int, in_chans: int,
@@ -206,9 +111,6 @@ class ViewDataset(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[dict[str, torch.Tensor], int]:
-        from toolkit.data.dataset import as_tensor
-        from toolkit.imaging.decode import load_image_array
-
         image = (self.loader or load_image_array)(self.paths[index])
         out: dict[str, torch.Tensor] = {}
         for pipe, transform in self.pipelines:
@@ -224,23 +126,6 @@ class ViewDataset(torch.utils.data.Dataset):
                 copies.append(as_tensor(transform(image=image)["image"]))
             out[pipe.key] = torch.stack(copies)
         return out, index
-
-
-def pipelines_for(views: Sequence[View], recipe: Recipe, meta: dict[str, Any]) -> list[tuple[Pipeline, Any]]:
-    """The distinct decode-side pipelines the views need, built from the checkpoint's preprocessing.
-
-    They stop before normalization (uint8 HWC); :func:`batch_normalizer` finishes the job per batch.
-    """
-    seen: dict[str, tuple[Pipeline, Any]] = {}
-    for view in views:
-        pipe = view.pipeline
-        if pipe.key in seen:
-            continue
-        if pipe.kind == "train":
-            seen[pipe.key] = (pipe, train_transform(recipe, meta, to_tensor=False))
-        else:
-            seen[pipe.key] = (pipe, eval_transform(recipe, meta, size=pipe.size, to_tensor=False))
-    return list(seen.values())
 
 
 # --------------------------------------------------------------------------- combining
@@ -363,15 +248,16 @@ class Inference:
         return _merge_passes(out.reshape(n, b, -1), sizes, combine)
 
     @torch.inference_mode()
-    def run(self, models: Sequence[FoldModel], views: Sequence[View], paths: Sequence[str], recipe: Recipe,
-            combine: str = "mean_prob", title: str = "predict") -> np.ndarray:
+    def run(self, models: Sequence[FoldModel], views: Sequence[View], paths: Sequence[str], aug: AugConfig,
+            seed: int = 0, combine: str = "mean_prob", title: str = "predict") -> np.ndarray:
         """Logits of every fold model and view for every image.
 
         Args:
-            models: fold models sharing one preprocessing (same model.json keys).
+            models: fold models sharing one preprocessing record.
             views: the TTA views (identity first).
             paths: absolute image paths.
-            recipe: the run's recipe (train transform for ``trainaug``).
+            aug: the run's ``[aug]`` section (the train transform of ``trainaug`` views).
+            seed: the run's seed (``trainaug`` copies are seeded from it and each image's name).
             combine: how a multi-pass view merges its passes.
             title: progress bar text.
 
@@ -382,27 +268,28 @@ class Inference:
         """
         if not models:
             raise UsageError("no fold models to predict with", "pass --folds all or a fold number")
-        keys = {preprocessing_key(m.meta) for m in models}
+        keys = {(m.record.preprocessing, tuple(m.record.head_sizes)) for m in models}
         if len(keys) > 1:
             raise RunError("the selected folds were trained with different preprocessing",
                            "predict them separately with --folds K")
-        meta = models[0].meta
-        size, trained = eval_size(meta), int(meta["image_size"])
-        sizes = head_sizes(meta)
+        record = models[0].record
+        prep = record.preprocessing
+        size, trained = prep.eval_size, prep.image_size
+        sizes = record.head_sizes
         accelerator = self.accelerator
         for m in models:
             m.model.to(self.device)
-        check_input_sizes(models[0].model, view_sizes(views, size, trained), trained, int(meta.get("in_chans", 3)),
-                          self.device, f"`{meta.get('arch', 'the model')}`")
+        check_input_sizes(models[0].model, view_sizes(views, size, trained), trained, prep.in_chans,
+                          self.device, f"`{record.arch}`")
         # The same loader as training (the decoded cache downscales big images first), so that the
         # identity view sees exactly the validation pixels.
-        dataset = ViewDataset(paths, pipelines_for(views, recipe, meta), seed=recipe.train.seed,
-                              loader=image_loader(recipe, meta))
+        dataset = ViewDataset(paths, pipelines_for(views, record, aug), seed=seed,
+                              loader=prep.image_loader(0))  # one read per image: no in-memory tier
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.workers,
             pin_memory=self.device.type == "cuda", prefetch_factor=4 if self.workers > 0 else None)
         loader = accelerator.prepare_data_loader(loader)
-        normalize = batch_normalizer(meta, self.channels_last)
+        normalize = BatchNormalize(prep.mean, prep.std, channels_last=self.channels_last)
         n_total = sum(sizes)
         out = np.zeros((len(models), len(views), len(paths), n_total), dtype=np.float32)
         filled = np.zeros(len(paths), dtype=bool)

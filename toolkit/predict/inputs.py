@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from toolkit.config.schema import Recipe
-from toolkit.errors import DataError
+from toolkit.errors import DataError, examples
 
 _SHOWN = 10
 
@@ -47,13 +47,6 @@ class PredictionInput:
     def paths(self) -> list[str]:
         """Absolute image paths."""
         return [str(self.root / p) for p in self.df["path"]]
-
-
-def examples(items: list[str], limit: int = _SHOWN) -> str:
-    """``a, b, c … and 7 more``: the first ``limit`` items and a count."""
-    shown = ", ".join(str(i) for i in items[:limit])
-    more = len(items) - limit
-    return shown + (f" … and {more} more" if more > 0 else "")
 
 
 def _ids(df: pd.DataFrame) -> list[str]:

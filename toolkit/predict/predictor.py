@@ -21,21 +21,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
-from toolkit.errors import DataError, RunError, UsageError
-from toolkit.predict.engine import (
-    FoldModel,
-    Inference,
-    available_folds,
-    combine_views,
-    eval_size,
-    head_sizes,
-    load_fold_model,
-    run_classes,
-    select_folds,
-)
+from toolkit.config.schema import Recipe
+from toolkit.errors import DataError, RunError, UsageError, examples
+from toolkit.metrics import classification_metrics, is_better, metric_direction, multihead_metrics
+from toolkit.models.checkpoint import FoldModel, load_fold_model
+from toolkit.predict.engine import Inference, check_input_sizes, combine_views, select_folds
 from toolkit.predict.inputs import PredictionInput, read_input
-from toolkit.predict.tta import AUTO_POLICIES, build_views, parse_tta, spec_slug
+from toolkit.predict.tta import AUTO_POLICIES, build_views, parse_tta, spec_slug, view_sizes
+from toolkit.store import Run, RunStore, slugify
+from toolkit.store.tables import probability_frame
 
 COMBINES = ("mean_prob", "mean_logit")
 
@@ -80,23 +76,12 @@ class PredictResult:
         return len(self.ids)
 
 
-def _open_run(run, runs_root):  # noqa: ANN001, ANN202
-    from toolkit.store import Run, RunStore
-
+def _open_run(run: Run | str | Path, runs_root: str | Path | None) -> Run:
     run = run if isinstance(run, Run) else RunStore(runs_root).open(run)
     if run.kind != "train":
         raise RunError(f"run {run.id} is a `{run.kind}` run, which has no models",
                        "predict with a train run; `clsctl ensemble` combines prediction sets")
     return run
-
-
-def _load_recipe(run):  # noqa: ANN001, ANN202
-    from toolkit.config import load_recipe
-
-    path = run.file("recipe.toml")
-    if not path.is_file():
-        raise RunError(f"run {run.id} has no recipe.toml", "its preprocessing is unknown; retrain it")
-    return load_recipe(path)
 
 
 def _combined_classes(recipe, heads: list[str], classes: dict[str, list[str]]) -> tuple[list[str], list[str]]:  # noqa: ANN001
@@ -126,8 +111,6 @@ def _combined_probs(probs: Sequence[np.ndarray]) -> np.ndarray:
 def score_predictions(targets: dict[str, np.ndarray], probs: dict[str, np.ndarray],
                       classes: dict[str, list[str]], heads: list[str]) -> dict[str, Any]:
     """Metrics of predictions against known labels (the combined label drives multi-head runs)."""
-    from toolkit.metrics import classification_metrics, multihead_metrics
-
     if len(heads) == 1:
         h = heads[0]
         return classification_metrics(targets[h], probs[h], classes[h])
@@ -148,35 +131,32 @@ def _policy_recall(scores: dict[str, Any], heads: list[str]) -> dict[str, float]
     return {f"{h}:{c}": v for h in heads for c, v in scores["heads"][h]["per_class_recall"].items()}
 
 
-def choose_tta(run, recipe, models: Sequence[FoldModel], engine: Inference, heads: list[str],  # noqa: ANN001
+def choose_tta(run: Run, recipe: Recipe, models: Sequence[FoldModel], engine: Inference, heads: list[str],
                classes: dict[str, list[str]], combine: str = "mean_prob",
                policies: Sequence[tuple[str, Sequence[str]]] = AUTO_POLICIES) -> dict[str, Any]:
     """Score TTA policies on the run's out-of-fold rows and pick the best.
 
-    Each fold model predicts only the rows it was validated on (never rows it trained on), with every
-    view any policy uses; each policy's out-of-fold predictions are then scored with the run's
-    selection metric. The first policy is the baseline (``none``); ties go to the earlier (cheaper)
-    policy, so the baseline wins unless a policy is strictly better.
+    The rows, their folds and labels come from the run's own ``manifest.csv``, so nothing about the
+    training data is re-derived. Each fold model predicts only the rows it was validated on (never rows
+    it trained on), with every view any policy uses; each policy's out-of-fold predictions are then
+    scored with the run's selection metric. The first policy is the baseline (``none``); ties go to the
+    earlier (cheaper) policy, so the baseline wins unless a policy is strictly better.
 
     Returns:
         ``{"metric", "direction", "rows", "folds", "policies": [{"name", "views", "score", "per_class_recall"}],
         "skipped": {name: reason}, "chosen", "chosen_views", "gain_per_class", "gain"}``.
     """
-    from toolkit.data.training import load_training_data
-    from toolkit.metrics import is_better, metric_direction
-    from toolkit.predict.engine import check_input_sizes
-    from toolkit.predict.tta import view_sizes
-
     metric = _metric_name(run, recipe)
     direction = metric_direction(metric)
-    data = load_training_data(recipe)
-    folds = _run_folds(run, data)
+    manifest, root = _training_rows(run, recipe, heads, classes)
+    folds = manifest["fold"].to_numpy()
     all_views: list[str] = ["identity"]
     for _, extra in policies:
         for v in parse_tta(list(extra))[1:]:
             if v not in all_views:
                 all_views.append(v)
-    size, trained = eval_size(models[0].meta), int(models[0].meta["image_size"])
+    prep = models[0].record.preprocessing
+    size, trained = prep.eval_size, prep.image_size
     usable = list(all_views)
     skipped: dict[str, str] = {}
     for v in all_views:  # fixed-size models (ViTs) cannot take the scale views: leave those policies out
@@ -184,7 +164,7 @@ def choose_tta(run, recipe, models: Sequence[FoldModel], engine: Inference, head
             continue
         try:
             check_input_sizes(models[0].model.to(engine.device), view_sizes(build_views([v], size), size, trained),
-                              trained, int(models[0].meta.get("in_chans", 3)), engine.device)
+                              trained, prep.in_chans, engine.device)
         except UsageError as exc:
             usable.remove(v)
             skipped[v] = exc.message
@@ -194,16 +174,17 @@ def choose_tta(run, recipe, models: Sequence[FoldModel], engine: Inference, head
         rows = np.flatnonzero(folds == m.fold)
         if rows.size == 0:
             continue
-        paths = [str(data.root / p) for p in data.df["path"].to_numpy()[rows]]
-        logits = engine.run([m], views, paths, recipe, combine, title=f"tta auto: fold {m.fold}")
+        paths = [str(root / p) for p in manifest["path"].to_numpy()[rows]]
+        logits = engine.run([m], views, paths, recipe.aug, recipe.train.seed, combine, title=f"tta auto: fold {m.fold}")
         rows_all.append(rows)
         logits_all.append(logits[0])  # [V, n_k, C]
     if not rows_all:
         raise DataError(f"run {run.id}: the selected folds hold no out-of-fold rows", "pass --folds all")
     rows = np.concatenate(rows_all)
     logits = np.concatenate(logits_all, axis=1)
-    sizes = head_sizes(models[0].meta)
-    targets = {h: data.targets[rows, i] for i, h in enumerate(data.heads)}
+    sizes = models[0].record.head_sizes
+    targets = {h: np.array([classes[h].index(v) for v in manifest[h].to_numpy()[rows]], dtype=np.int64)
+               for h in heads}
     results = []
     for name, extra in policies:
         names = parse_tta(list(extra))
@@ -226,34 +207,31 @@ def choose_tta(run, recipe, models: Sequence[FoldModel], engine: Inference, head
             "chosen_views": best["views"], "gain": best["score"] - none["score"], "gain_per_class": gain}
 
 
-def _run_folds(run, data) -> np.ndarray:  # noqa: ANN001
-    """Fold of each training row, as the run recorded it in manifest.csv (matched by path)."""
-    import pandas as pd
+def _training_rows(run: Run, recipe: Recipe, heads: list[str], classes: dict[str, list[str]]
+                   ) -> tuple[pd.DataFrame, Path]:
+    """The run's ``manifest.csv`` (path, fold and head columns, as the run recorded them) and its image root."""
+    from toolkit.data.sources import source_root
 
-    path = run.file("manifest.csv")
-    if not path.is_file():
-        return data.folds
-    manifest = pd.read_csv(path, dtype={"path": str}, usecols=lambda c: c in ("path", "fold"))
-    if "fold" not in manifest.columns:
-        return data.folds
-    recorded = dict(zip(manifest["path"].astype(str), manifest["fold"].astype(int), strict=True))
-    paths = data.df["path"].astype(str).tolist()
-    missing = [p for p in paths if p not in recorded]
-    if missing or len(recorded) != len(paths):
-        from toolkit.predict.inputs import examples
-
-        raise DataError(f"run {run.id}: the recipe's data no longer matches the run's manifest.csv "
-                        f"({len(missing)} image(s) not in it: {examples(missing)}; {len(recorded)} rows recorded, "
-                        f"{len(paths)} found)",
-                        "--tta auto needs the training images the run was trained on, unchanged")
-    return np.array([recorded[p] for p in paths], dtype=np.int64)
+    manifest = run.read_manifest()
+    if manifest is None or "fold" not in manifest.columns:
+        raise RunError(f"run {run.id} has no manifest.csv with folds", "--tta auto needs a train run's own manifest")
+    lacking = [h for h in heads if h not in manifest.columns]
+    if lacking:
+        raise RunError(f"run {run.id}: manifest.csv lacks the target column(s) {', '.join(lacking)}",
+                       "the run folder is incomplete; retrain it")
+    for h in heads:
+        unknown = sorted(set(manifest[h].astype(str)) - set(classes[h]))
+        if unknown:
+            raise RunError(f"run {run.id}: manifest.csv holds class name(s) {examples(unknown)} of `{h}` that the "
+                           "run does not know", "the run folder is inconsistent; retrain it")
+        manifest[h] = manifest[h].astype(str)
+    root = run.info.get("data_root")
+    return manifest, Path(root) if root else source_root(recipe.data)
 
 
 def default_name(data_name: str, views: Sequence[str], folds: Sequence[int], all_folds: Sequence[int],
                  auto: bool = False) -> str:
     """``<data>`` + ``-<views>`` + ``-fold<k>`` (when not every fold): e.g. ``test-hflip_scale1.15``."""
-    from toolkit.store import slugify
-
     parts = [data_name or "predictions"]
     tta = "auto" if auto else spec_slug(views)
     if tta:
@@ -291,14 +269,16 @@ def predict(run, data: str | Path, *, tta: str | Sequence[str] | None = None, fo
         DataError: bad data, sample submission mismatches.
     """
     run = _open_run(run, runs_root)
-    recipe = _load_recipe(run)
-    heads, classes = run_classes(run)
+    if name is not None:
+        run.prediction_path(name)  # a name that is not a plain file name fails before any work
+    recipe = run.read_recipe()
+    heads, classes = run.read_classes()
     combine = combine or recipe.tta.combine
     if combine not in COMBINES:
         raise UsageError(f"--combine {combine!r} is not one of {', '.join(COMBINES)}", "use mean_prob or mean_logit")
     auto = isinstance(tta, str) and tta.strip().lower() == "auto"
     view_names = parse_tta(recipe.tta.views if tta is None else ([] if auto else tta))
-    available = available_folds(run)
+    available = run.checkpoint_folds()
     selected = select_folds(run, folds, available)
     inputs: PredictionInput = read_input(data, recipe, heads, classes, root=root)
     sample = None
@@ -309,17 +289,17 @@ def predict(run, data: str | Path, *, tta: str | Sequence[str] | None = None, fo
 
     engine = Inference(accelerator, batch_size=batch_size or recipe.train.batch_size * 2, workers=workers,
                        progress=progress, channels_last=recipe.model.channels_last)
-    models = [load_fold_model(run, k, recipe) for k in selected]
-    size = eval_size(models[0].meta)
+    models = [load_fold_model(run, k) for k in selected]
+    size = models[0].record.preprocessing.eval_size
     auto_report = None
     if auto:
         auto_report = choose_tta(run, recipe, models, engine, heads, classes, combine)
         view_names = list(auto_report["chosen_views"])
     views = build_views(view_names, size)
     t0 = time.perf_counter()
-    logits = engine.run(models, views, inputs.paths, recipe, combine)
+    logits = engine.run(models, views, inputs.paths, recipe.aug, recipe.train.seed, combine)
     seconds = time.perf_counter() - t0
-    sizes = head_sizes(models[0].meta)
+    sizes = models[0].record.head_sizes
     probs = dict(zip(heads, combine_views(logits, sizes, combine, axes=(0, 1)), strict=True))
     result = PredictResult(
         run=run, name=name or default_name(inputs.name, view_names, selected, available, auto),
@@ -349,29 +329,19 @@ def _submission(result: PredictResult, recipe, heads: list[str], sample, sample_
     return build_submission(result.ids, result.paths, probs, names, sample=sample, where=where)
 
 
-def _write(result: PredictResult, submission, inputs: PredictionInput, data, sample_path) -> None:  # noqa: ANN001
-    from toolkit.predict.submission import probability_frame, write_table
-    from toolkit.store.atomic import atomic_write_json
-
-    run = result.run
-    base = run.file("predictions")
-    files = {"parquet": base / f"{result.name}.parquet", "csv": base / f"{result.name}.csv",
-             "json": base / f"{result.name}.json"}
-    write_table(probability_frame(result.ids, result.paths, result.probs, result.classes), files["parquet"])
-    write_table(submission, files["csv"])
-    if result.tta_auto is not None:
-        files["tta"] = base / f"{result.name}.tta.json"
-        atomic_write_json(files["tta"], result.tta_auto)
+def _write(result: PredictResult, submission: pd.DataFrame, inputs: PredictionInput, data: str | Path,
+           sample_path: str | Path | None) -> None:
     scores = None
     if result.scores is not None:
         keep = ("n", "accuracy", "macro_f1", "balanced_accuracy", "log_loss", "per_class_recall", "confusion_matrix")
         scores = {k: v for k, v in result.scores.items() if k in keep}
-    atomic_write_json(files["json"], {
+    info = {
         "name": result.name, "data": str(Path(data).absolute()), "root": str(inputs.root), "source": inputs.source,
         "n": result.n, "folds": result.folds, "views": result.views, "combine": result.combine,
         "classes": result.classes, "sample_submission": str(sample_path) if sample_path is not None else None,
         "scores": scores, "seconds": round(result.seconds, 3), "img_s": round(result.img_s, 2),
         "tta_auto": result.tta_auto["chosen"] if result.tta_auto else None,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-    })
-    result.files = files
+    }
+    frame = probability_frame(result.ids, result.paths, result.probs, result.classes)
+    result.files = result.run.write_predictions(result.name, frame, submission, info, tta=result.tta_auto)

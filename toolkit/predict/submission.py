@@ -1,7 +1,7 @@
 """Prediction tables and submission files.
 
-``predictions/<name>.parquet`` holds ``id``, ``path`` and one float32 probability column per class
-(``<head>:<class>`` for multi-head runs), in the run's class order. The submission CSV is
+The probability table's layout is the store's (:func:`toolkit.store.tables.probability_frame`). The
+submission CSV is
 ``id,label`` with the predicted class name, unless a sample submission is given: then its ids
 (first column), row order and column names are taken exactly:
 
@@ -24,44 +24,14 @@ import numpy as np
 import pandas as pd
 
 from toolkit.errors import DataError
-from toolkit.predict.inputs import examples
-
-
-def probability_frame(ids: Sequence[str], paths: Sequence[str] | None, probs: dict[str, np.ndarray],
-                      classes: dict[str, list[str]]) -> pd.DataFrame:
-    """``id``, ``path`` and the probability columns (``<class>``, or ``<head>:<class>`` for several heads)."""
-    out = pd.DataFrame({"id": [str(i) for i in ids]})
-    out["path"] = list(paths) if paths is not None else [None] * len(out)
-    multi = len(probs) > 1
-    for head, p in probs.items():
-        for c_i, c in enumerate(classes[head]):
-            out[f"{head}:{c}" if multi else c] = np.asarray(p[:, c_i], dtype=np.float32)
-    return out
-
-
-def write_table(frame: pd.DataFrame, path: str | Path) -> None:
-    """Write a DataFrame atomically, as Parquet or CSV by the file's suffix."""
-    from toolkit.store.atomic import atomic_writer
-
-    path = Path(path)
-    if path.suffix == ".parquet":
-        with atomic_writer(path) as fh:
-            frame.to_parquet(fh, index=False)
-    else:
-        with atomic_writer(path, "w", newline="") as fh:
-            frame.to_csv(fh, index=False)
+from toolkit.errors import examples
+from toolkit.store.tables import read_table
 
 
 def read_sample(path: str | Path) -> pd.DataFrame:
     """Read a sample submission; the id column (the first) is kept as text ("0001" stays "0001")."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"sample submission {path} does not exist", "pass the competition's sample_submission.csv")
-    try:
-        header = pd.read_csv(path, nrows=0)
-        sample = pd.read_csv(path, dtype={header.columns[0]: str}, keep_default_na=False)
-    except (ValueError, IndexError, OSError, pd.errors.ParserError) as exc:
-        raise DataError(f"cannot read sample submission {path}: {exc}", "it must be a CSV with a header row") from None
+    sample = read_table(path, first_column_text=True, keep_default_na=False, what="sample submission",
+                        hint="pass the competition's sample_submission.csv (a CSV with a header row)")
     if sample.shape[1] < 2:
         raise DataError(f"sample submission {path} has {sample.shape[1]} column(s)",
                         "a submission has an id column and at least one answer column")

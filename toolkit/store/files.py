@@ -315,8 +315,8 @@ class RunFiles:
         return {p.stem: p.stat().st_mtime for p in folder.glob("*.parquet") if not p.name.startswith(".")}
 
     def write_predictions(self, name: str, probabilities: pd.DataFrame, submission: pd.DataFrame | None,
-                          info: Mapping[str, Any], tta: Mapping[str, Any] | None = None) -> dict[str, Path]:
-        """Write one prediction set: probabilities, the submission, what made it, and the TTA choice.
+                          info: Mapping[str, Any] | None, tta: Mapping[str, Any] | None = None) -> dict[str, Path]:
+        """Write one prediction set: probabilities, the submission, what made it (``info``), the TTA choice.
 
         Returns:
             The written files by kind (``parquet``, ``csv``, ``json``, ``tta``).
@@ -324,14 +324,16 @@ class RunFiles:
         files = {"parquet": self.prediction_path(name, "parquet")}
         if submission is not None:
             files["csv"] = self.prediction_path(name, "csv")
-        files["json"] = self.prediction_path(name, "json")
+        if info is not None:
+            files["json"] = self.prediction_path(name, "json")
         write_table(probabilities, files["parquet"])
         if submission is not None:
             write_table(submission, files["csv"])
         if tta is not None:
             files["tta"] = self.prediction_path(name, "tta.json")
             atomic_write_json(files["tta"], dict(tta))
-        atomic_write_json(files["json"], dict(info))
+        if info is not None:
+            atomic_write_json(files["json"], dict(info))
         return files
 
     def read_predictions(self, name: str) -> pd.DataFrame:

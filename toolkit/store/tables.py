@@ -104,7 +104,8 @@ def read_table(path: StrPath, *, text_columns: Sequence[str] = (), first_column_
 
 def probability_frame(ids: Sequence[Any], paths: Sequence[Any] | None, probs: Mapping[str, np.ndarray],
                       classes: Mapping[str, Sequence[str]], *, folds: Sequence[int] | np.ndarray | int | None = None,
-                      labels: Mapping[str, np.ndarray] | None = None) -> pd.DataFrame:
+                      labels: Mapping[str, np.ndarray] | None = None,
+                      preds: Mapping[str, np.ndarray] | None = None) -> pd.DataFrame:
     """The probability table of out-of-fold rows or of a prediction set.
 
     Args:
@@ -114,6 +115,7 @@ def probability_frame(ids: Sequence[Any], paths: Sequence[Any] | None, probs: Ma
         classes: Head → class names.
         folds: The fold of each row (or one fold for all rows); None leaves the column out.
         labels: Head → true class index per row; when given, ``label`` and ``pred`` columns are added.
+        preds: Head → predicted class index per row, where it is not the argmax of ``probs`` (hard voting).
 
     Returns:
         The frame, columns in the documented order, probabilities as float32.
@@ -132,7 +134,8 @@ def probability_frame(ids: Sequence[Any], paths: Sequence[Any] | None, probs: Ma
         p = np.asarray(p)
         if labels is not None:
             columns[f"label:{head}" if multi else "label"] = names[np.asarray(labels[head])]
-            columns[f"pred:{head}" if multi else "pred"] = names[p.argmax(1)]
+            pred = np.asarray(preds[head]) if preds is not None else p.argmax(1)
+            columns[f"pred:{head}" if multi else "pred"] = names[pred]
         for c_i, c in enumerate(classes[head]):
             columns[f"{head}:{c}" if multi else c] = p[:, c_i].astype(np.float32)
     return pd.DataFrame(columns)
