@@ -74,3 +74,23 @@ def test_every_command_has_help_with_an_example():
             if "Example:" not in (sub.help or ""):
                 missing.append(f"{name} {sub_name}")
     assert not missing, missing
+
+
+def test_no_module_is_over_600_lines():
+    long = {str(p.relative_to(REPO)): n for p in PKG.rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 600}
+    assert not long, long
+
+
+def test_only_the_store_opens_run_files_by_name():
+    """`run.file("...")` with a literal name belongs to the store (and the checkpoint record in models/)."""
+    offenders = []
+    for path in PKG.rglob("*.py"):
+        rel = path.relative_to(PKG)
+        if rel.parts[0] == "store":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "file"
+                    and node.args and isinstance(node.args[0], ast.Constant | ast.JoinedStr)):
+                offenders.append(f"{rel}:{node.lineno}")
+    assert not offenders, offenders

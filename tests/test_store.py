@@ -577,3 +577,50 @@ def test_fingerprint_is_cheap_for_many_files(tmp_path: Path) -> None:
     fingerprint = data_fingerprint(names, tmp_path)
     assert time.perf_counter() - started < 2.0
     assert fingerprint.endswith("/5000")
+
+
+# --------------------------------------------------------------------------- run files and format version
+
+
+def test_run_json_records_the_format_version_and_refuses_a_newer_one(tmp_path: Path) -> None:
+    from toolkit.store import FORMAT_VERSION
+
+    run = RunStore(tmp_path).create("train", name="v")
+    assert run.info["format_version"] == FORMAT_VERSION
+    info = read_json(run.path / "run.json")
+    info["format_version"] = FORMAT_VERSION + 1
+    (run.path / "run.json").write_text(json.dumps(info))
+    with pytest.raises(RunError, match="newer clsctl"):
+        Run(run.path).info
+    del info["format_version"]  # folders written before the key existed stay readable
+    (run.path / "run.json").write_text(json.dumps(info))
+    assert Run(run.path).kind == "train"
+
+
+def test_run_files_round_trip(tmp_path: Path) -> None:
+    import numpy as np
+    import pandas as pd
+
+    from toolkit.store.tables import probability_frame
+
+    run = RunStore(tmp_path).create("train", name="files")
+    run.write_classes(["label"], {"label": ["b", "a"]})
+    assert run.read_classes() == (["label"], {"label": ["b", "a"]})
+    run.write_manifest(pd.DataFrame({"path": ["x/001.png", "y/002.png"], "label": ["b", "a"], "fold": [0, 1]}))
+    manifest = run.read_manifest()
+    assert manifest["path"].tolist() == ["x/001.png", "y/002.png"]
+    probs = np.array([[0.9, 0.1], [0.2, 0.8]])
+    frame = probability_frame(["001", "002"], ["x/001.png", "y/002.png"], {"label": probs}, {"label": ["b", "a"]},
+                              folds=[0, 1], labels={"label": np.array([0, 1])})
+    assert list(frame.columns) == ["id", "path", "fold", "label", "pred", "b", "a"]
+    assert frame["pred"].tolist() == ["b", "a"] and frame["b"].dtype == np.float32
+    run.write_oof(frame)
+    pd.testing.assert_frame_equal(run.read_oof(), frame)
+    files = run.write_predictions("test-hflip", frame.drop(columns=["fold", "label", "pred"]), None, {"n": 2})
+    assert sorted(files) == ["json", "parquet"] and list(run.prediction_sets()) == ["test-hflip"]
+    assert run.read_predictions("test-hflip")["id"].tolist() == ["001", "002"]
+    for bad in ("../run", "/abs/x", "a/b", ".hidden"):
+        with pytest.raises(RunError, match="not a plain name"):
+            run.prediction_path(bad)
+    with pytest.raises(RunError, match="no prediction set 'nope'"):
+        run.read_predictions("nope")

@@ -107,12 +107,18 @@ class RunFiles:
         return write_table(df, self.file(MANIFEST_CSV))
 
     def read_manifest(self) -> pd.DataFrame | None:
-        """``manifest.csv`` with ``path`` (and ``id``) as text, or None when the run has none."""
+        """``manifest.csv`` as written: every column as text (labels and ids exactly as the run saw them,
+        ``NA`` included), ``fold`` as integers; None when the run has none."""
         path = self.file(MANIFEST_CSV)
         if not path.is_file():
             return None
-        return read_table(path, text_columns=("path", "id"), what=f"run {self.id}'s manifest",
-                          hint="the run folder is damaged; retrain the run")
+        import pandas as pd
+
+        frame = read_table(path, all_text=True, keep_default_na=False,
+                           what=f"run {self.id}'s manifest", hint="the run folder is damaged; retrain the run")
+        if "fold" in frame.columns:
+            frame["fold"] = pd.to_numeric(frame["fold"], errors="coerce").fillna(-1).astype("int64")
+        return frame
 
     # ------------------------------------------------------------------ classes
     def write_classes(self, heads: Sequence[str], classes: Mapping[str, Sequence[str]]) -> Path:

@@ -66,7 +66,7 @@ def write_table(frame: pd.DataFrame, path: StrPath) -> Path:
     return target
 
 
-def read_table(path: StrPath, *, text_columns: Sequence[str] = (), first_column_text: bool = False,
+def read_table(path: StrPath, *, text_columns: Sequence[str] = (), first_column_text: bool = False, all_text: bool = False,
                keep_default_na: bool = True, what: str = "table",
                hint: str = "check that it is a valid CSV (UTF-8, with a header row) or Parquet file") -> pd.DataFrame:
     """Read a CSV or Parquet table, with one clear error for a missing or unreadable file.
@@ -75,6 +75,7 @@ def read_table(path: StrPath, *, text_columns: Sequence[str] = (), first_column_
         path: A ``.csv``, ``.parquet`` or ``.pq`` file.
         text_columns: CSV columns read as text, as written (``"0001"`` must not become ``1``).
         first_column_text: Also read the first CSV column as text (the id column of submissions).
+        all_text: Read every CSV column as text.
         keep_default_na: False keeps cells like ``NA`` or ``null`` as text.
         what: How the error names the file (``manifest``, ``sample submission``...).
         hint: How the error says to fix it.
@@ -91,6 +92,8 @@ def read_table(path: StrPath, *, text_columns: Sequence[str] = (), first_column_
     try:
         if kind == "parquet":
             return pd.read_parquet(target)
+        if all_text:
+            return pd.read_csv(target, dtype=str, keep_default_na=keep_default_na)
         dtype = {c: str for c in text_columns}
         if first_column_text:
             header = pd.read_csv(target, nrows=0)
