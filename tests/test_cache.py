@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from toolkit.config import load_recipe
-from toolkit.imaging.cache import DecodedImageCache, make_image_loader, needed_short_side
+from toolkit.data.preprocessing import Preprocessing, make_image_loader
+from toolkit.imaging.cache import DecodedImageCache
 from toolkit.imaging.decode import load_image_array
 
 
@@ -56,6 +57,10 @@ def test_torn_entry_is_rebuilt(tmp_path):
     entry.write_bytes(entry.read_bytes()[:20])  # a crash mid-write of an older, non-atomic writer
     np.testing.assert_array_equal(cache.load(src), load_image_array(src))
     assert cache.misses == 2
+
+
+def needed_short_side(recipe) -> int:
+    return Preprocessing.from_recipe(recipe, mean=(0.0,), std=(1.0,)).cache_side
 
 
 def test_needed_side_follows_the_recipe():

@@ -13,15 +13,12 @@ from PIL import Image
 
 from toolkit.errors import DataError, UsageError
 from toolkit.imaging import duplicates as dup
+from toolkit.imaging import hashing
+from toolkit.imaging import phash as ph
 from toolkit.imaging.decode import decode_plain_native, load_image
-from toolkit.imaging.duplicates import (
-    DEFAULT_NEAR_DISTANCE,
-    duplicate_groups,
-    duplicate_pairs,
-    hamming,
-    image_hashes,
-    perceptual_hash,
-)
+from toolkit.imaging.duplicates import DEFAULT_NEAR_DISTANCE, duplicate_groups, duplicate_pairs, hamming
+from toolkit.imaging.hashing import image_hashes
+from toolkit.imaging.phash import perceptual_hash
 
 
 def scene(seed: int, size: int = 64) -> np.ndarray:
@@ -213,12 +210,12 @@ def test_every_mode_hashes_the_pixels_the_loader_gives(tmp_path: Path) -> None:
     # the digests and hashes) must still be exactly the loader's, whatever the mode or format.
     names = mode_zoo(tmp_path)
     # All but the animated GIF are decoded from memory (the path this test is about).
-    fast = {n for n in names if dup.decode_bytes((tmp_path / n).read_bytes())[1] is not None}
+    fast = {n for n in names if hashing.decode_bytes((tmp_path / n).read_bytes())[1] is not None}
     assert set(names) - fast == {"animated.gif"}
     hashes = image_hashes(names, tmp_path, workers=1).set_index("path")
     for name in names:
         image = load_image(tmp_path / name)
-        assert hashes.loc[name, "pixel_hash"] == dup.pixel_digest(np.asarray(image)), name
+        assert hashes.loc[name, "pixel_hash"] == hashing.pixel_digest(np.asarray(image)), name
         phash, flip = perceptual_hash(image)
         assert (hashes.loc[name, "phash"], hashes.loc[name, "phash_flip"]) == (phash, flip), name
     assert load_image(tmp_path / "rotated.jpg").size == (48, 40)  # the EXIF rotation was applied
@@ -233,14 +230,14 @@ def test_pixel_digest_tells_grey_from_colour() -> None:
     # A colour image whose first plane is the grey plane (the grey digest hashes one plane only).
     coloured = as_rgb.copy()
     coloured[..., 2] = 255 - grey
-    assert dup.pixel_digest(as_rgb) != dup.pixel_digest(coloured)
-    assert dup.pixel_digest(as_rgb) == dup.pixel_digest(as_rgb.copy())
-    assert dup.pixel_digest(as_rgb[:8]) != dup.pixel_digest(as_rgb[:8].reshape(16, -1, 3))  # same bytes
+    assert hashing.pixel_digest(as_rgb) != hashing.pixel_digest(coloured)
+    assert hashing.pixel_digest(as_rgb) == hashing.pixel_digest(as_rgb.copy())
+    assert hashing.pixel_digest(as_rgb[:8]) != hashing.pixel_digest(as_rgb[:8].reshape(16, -1, 3))  # same bytes
     one = as_rgb.copy()
     one[3, 7, 1] ^= 1  # one channel of one pixel
-    assert dup.pixel_digest(one) != dup.pixel_digest(as_rgb)
+    assert hashing.pixel_digest(one) != hashing.pixel_digest(as_rgb)
     with pytest.raises(ValueError, match="H x W x 3"):
-        dup.pixel_digest(grey)
+        hashing.pixel_digest(grey)
 
 
 def test_hashes_do_not_depend_on_the_stack() -> None:
@@ -249,26 +246,26 @@ def test_hashes_do_not_depend_on_the_stack() -> None:
     tinies = [scene(k, size=32).tobytes() for k in range(20)]
     tinies += [rng.integers(0, 256, (32, 32), dtype=np.uint8).tobytes() for _ in range(5)]  # L
     tinies.insert(7, np.full((32, 32, 3), 200, np.uint8).tobytes())  # flat: no hash
-    _, phash, flip = dup.layout_batch(dup.stack_tiny(tinies))
-    alone = [dup.layout_batch(dup.stack_tiny([t]))[1:] for t in tinies]
+    _, phash, flip = ph.layout_batch(ph.stack_tiny(tinies))
+    alone = [ph.layout_batch(ph.stack_tiny([t]))[1:] for t in tinies]
     assert phash == [a[0][0] for a in alone] and flip == [a[1][0] for a in alone]
     assert phash[7] is None and sum(h is None for h in phash) == 1
     # An L tiny image hashes like the RGB image with three copies of its plane.
     plane = np.frombuffer(tinies[-1], np.uint8).reshape(32, 32)
     rgb = np.repeat(plane[..., None], 3, axis=2)
-    assert dup.layout_batch(dup.stack_tiny([rgb.tobytes()]))[1] == [phash[-1]]
+    assert ph.layout_batch(ph.stack_tiny([rgb.tobytes()]))[1] == [phash[-1]]
 
 
 def test_decode_bytes_leaves_unusual_files_to_the_loader(tmp_path: Path) -> None:
     names = mode_zoo(tmp_path)
     assert "animated.gif" in names
-    header, image = dup.decode_bytes((tmp_path / "animated.gif").read_bytes())
+    header, image = hashing.decode_bytes((tmp_path / "animated.gif").read_bytes())
     assert header == ("GIF", "P", 2) and image is None  # several frames: load_image decodes it
     data = (tmp_path / "rgb.png").read_bytes()
-    header, image = dup.decode_bytes(data[: len(data) // 2])
+    header, image = hashing.decode_bytes(data[: len(data) // 2])
     assert header == ("PNG", "RGB", 1) and image is None  # truncated: header kept, no pixels
-    assert dup.decode_bytes(b"not an image") == (None, None)
-    header, image = dup.decode_bytes((tmp_path / "grey_mode.png").read_bytes())
+    assert hashing.decode_bytes(b"not an image") == (None, None)
+    header, image = hashing.decode_bytes((tmp_path / "grey_mode.png").read_bytes())
     assert header == ("PNG", "L", 1) and image.mode == "L"
 
 
@@ -288,25 +285,25 @@ def test_decode_data_gives_the_pillow_path_results_for_every_file(tmp_path: Path
     opencv = set()
     for name in names:
         data = (tmp_path / name).read_bytes()
-        header, decoded = dup.decode_data(data)
+        header, decoded = hashing.decode_data(data)
         if name == "animated.gif":
             assert decoded is None and header == ("GIF", "P", 2)
             continue
         if decode_plain_native(data) is not None:
             opencv.add(name)
-        pillow_header, image = dup.decode_bytes(data)
+        pillow_header, image = hashing.decode_bytes(data)
         assert header == pillow_header, name
-        reference = dup.Decoded.from_image(image)
+        reference = hashing.Decoded.from_image(image)
         pixels = np.asarray(load_image(tmp_path / name))
         assert (decoded.width, decoded.height) == (pixels.shape[1], pixels.shape[0]), name
         assert decoded.grey == reference.grey == bool((pixels == pixels[..., :1]).all()), name
-        assert decoded.digest == reference.digest == dup.pixel_digest(pixels), name
+        assert decoded.digest == reference.digest == hashing.pixel_digest(pixels), name
         expected = [pixels[..., 0]] if decoded.grey else [pixels[..., c] for c in range(3)]
         assert all(np.array_equal(a, b) for a, b in zip(decoded.planes, expected, strict=True)), name
         assert decoded.tiny_bytes() == reference.tiny_bytes(), name
         # The same 32x32 planes as the loader's RGB image filtered by Pillow (an L layout fills all three).
-        loader_tiny = dup.stack_tiny([dup.tiny_bytes(dup.reduce_image(load_image(tmp_path / name)))]).copy()
-        assert np.array_equal(dup.stack_tiny([decoded.tiny_bytes()]), loader_tiny), name
+        loader_tiny = ph.stack_tiny([ph.tiny_bytes(ph.reduce_image(load_image(tmp_path / name)))]).copy()
+        assert np.array_equal(ph.stack_tiny([decoded.tiny_bytes()]), loader_tiny), name
     assert opencv == {"rgb.png", "grey_mode.png", "grey_looking_rgb.png", *extra}  # EXIF, CMYK, ...: Pillow
 
 
@@ -314,21 +311,21 @@ def test_small_layouts_in_numpy_are_pillows_box_filter(monkeypatch: pytest.Monke
     # Up to 32 px a side the 32x32 layout is two gathers; it must equal Pillow's BOX resize exactly,
     # and the Pillow path (taken when the once-per-process check fails) must give the same bytes.
     rng = np.random.default_rng(11)
-    assert dup._box32_agrees()
+    assert ph._box32_agrees()
     for h in range(1, 41):
         for w in range(1, 41):
             for shape in ((h, w), (h, w, 3)):
                 x = rng.integers(0, 256, shape, dtype=np.uint8)
-                got = dup._box32(x)
+                got = ph._box32(x)
                 if max(h, w) > 32:
                     assert got is None
                     continue
                 ref = Image.fromarray(x).resize((32, 32), Image.Resampling.BOX)
                 assert got is not None and got.tobytes() == ref.tobytes(), shape
     x = rng.integers(0, 256, (17, 29, 3), dtype=np.uint8)
-    fast = dup.Decoded(x, "BGR").tiny_bytes()
-    monkeypatch.setattr(dup, "_box32_agrees", lambda: False)
-    assert dup.Decoded(x, "BGR").tiny_bytes() == fast == dup.Decoded(x[..., ::-1].copy(), "RGB").tiny_bytes()
+    fast = hashing.Decoded(x, "BGR").tiny_bytes()
+    monkeypatch.setattr(ph, "_box32_agrees", lambda: False)
+    assert hashing.Decoded(x, "BGR").tiny_bytes() == fast == hashing.Decoded(x[..., ::-1].copy(), "RGB").tiny_bytes()
 
 
 def test_multi_picture_jpeg_goes_to_pillow(tmp_path: Path) -> None:
@@ -336,19 +333,19 @@ def test_multi_picture_jpeg_goes_to_pillow(tmp_path: Path) -> None:
     first.save(tmp_path / "pair.mpo", save_all=True, append_images=[second])
     data = (tmp_path / "pair.mpo").read_bytes()
     assert decode_plain_native(data) is None
-    header, decoded = dup.decode_data(data)
+    header, decoded = hashing.decode_data(data)
     assert header == ("MPO", "RGB", 2) and decoded is None  # several frames: load_image decodes the first
     assert image_hashes(["pair.mpo"], tmp_path, workers=1)["pixel_hash"].iloc[0] \
-        == dup.pixel_digest(np.asarray(load_image(tmp_path / "pair.mpo")))
+        == hashing.pixel_digest(np.asarray(load_image(tmp_path / "pair.mpo")))
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX FIFOs")
 def test_read_file_does_not_block_on_a_fifo(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "pipe.png")
-    assert dup.read_file(str(tmp_path / "pipe.png")) is None
-    assert dup.read_file(str(tmp_path)) is None and dup.read_file(str(tmp_path / "missing.png")) is None
+    assert hashing.read_file(str(tmp_path / "pipe.png")) is None
+    assert hashing.read_file(str(tmp_path)) is None and hashing.read_file(str(tmp_path / "missing.png")) is None
     (tmp_path / "a.png").write_bytes(b"12345")
-    assert dup.read_file(str(tmp_path / "a.png")) == b"12345"
+    assert hashing.read_file(str(tmp_path / "a.png")) == b"12345"
     hashes = image_hashes(["pipe.png"], tmp_path, workers=1)
     assert hashes["sha1"].isna().all()
 

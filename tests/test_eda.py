@@ -13,18 +13,14 @@ import pytest
 from PIL import Image
 
 from toolkit.cli.main import run as cli
-from toolkit.data.eda import (
-    OUTLIER_THRESHOLD,
-    STATS_MAX_SIDE,
-    _analyze_chunk,
-    default_out_dir,
-    downscale_for_stats,
-    eda_manifest,
-    run_eda,
-)
+from toolkit.data.eda_pass import STATS_MAX_SIDE, analyze_chunk, downscale_for_stats
+from toolkit.data.outliers import OUTLIER_THRESHOLD
+from toolkit.data.sources import manifest_from_path
 from toolkit.errors import DataError, UsageError
 from toolkit.imaging.decode import load_image
-from toolkit.imaging.duplicates import layout, pixel_digest
+from toolkit.imaging.hashing import pixel_digest
+from toolkit.imaging.phash import layout
+from toolkit.report.eda import default_out_dir, run_eda
 
 
 def colour_image(seed: int, size: tuple[int, int] = (40, 30)) -> np.ndarray:
@@ -57,7 +53,7 @@ def folder(tmp_path: Path) -> Path:
 
 
 def run(folder: Path, tmp_path: Path, **kw) -> dict:
-    return run_eda(eda_manifest(folder), None, tmp_path / "out", workers=1, progress=False, **kw)
+    return run_eda(manifest_from_path(folder), None, tmp_path / "out", workers=1, progress=False, **kw)
 
 
 def test_counts_stats_grayscale_and_unreadable(folder: Path, tmp_path: Path) -> None:
@@ -115,7 +111,7 @@ def test_groups_and_group_conflicts(tmp_path: Path) -> None:
     for k in range(4):
         Image.fromarray(colour_image(k)).save(root / "a" / f"p{k // 2}_{k}.png")
     shutil.copyfile(root / "a" / "p0_0.png", root / "b" / "p9_0.png")
-    df = eda_manifest(root, pattern=r"(?P<label>[ab])/(?P<person>p\d)_\d\.png", group="person")
+    df = manifest_from_path(root, pattern=r"(?P<label>[ab])/(?P<person>p\d)_\d\.png", group="person")
     r = run_eda(df, None, tmp_path / "out", workers=1, progress=False)
     assert r["groups"]["n_groups"] == 3 and r["groups"]["largest"][0] == ["p0", 2]
     assert r["duplicates"]["group_conflicts"]["count"] == 1
@@ -150,8 +146,8 @@ def test_thumbnails_first_or_seeded_and_stale_files_removed(folder: Path, tmp_pa
 
 
 def test_pool_equals_single_process(folder: Path, tmp_path: Path) -> None:
-    one = run_eda(eda_manifest(folder), None, tmp_path / "one", workers=1, progress=False)
-    two = run_eda(eda_manifest(folder), None, tmp_path / "two", workers=2, progress=False)
+    one = run_eda(manifest_from_path(folder), None, tmp_path / "one", workers=1, progress=False)
+    two = run_eda(manifest_from_path(folder), None, tmp_path / "two", workers=2, progress=False)
     assert one["stats"] == two["stats"] and one["duplicates"]["pairs"] == two["duplicates"]["pairs"]
     assert pd.read_parquet(tmp_path / "one" / "hashes.parquet").equals(pd.read_parquet(tmp_path / "two" / "hashes.parquet"))
 
@@ -168,7 +164,7 @@ def test_outlier_stands_out(tmp_path: Path) -> None:
             img[4:60, c0:c0 + 3] = 0
         Image.fromarray(img).save(root / f"s{k:02d}.png")
     Image.fromarray(np.full((64, 64), 20, np.uint8)).save(root / "zz_dark.png")
-    r = run_eda(eda_manifest(tmp_path / "o"), None, tmp_path / "out", workers=1, progress=False)
+    r = run_eda(manifest_from_path(tmp_path / "o"), None, tmp_path / "out", workers=1, progress=False)
     top = r["outliers"]["items"][0]
     assert top["path"] == "x/zz_dark.png" and top["score"] > OUTLIER_THRESHOLD
     assert r["outliers"]["count"] >= 1
@@ -179,7 +175,7 @@ def test_unlabeled_folder_and_default_out(tmp_path: Path) -> None:
     root.mkdir()
     for k in range(3):
         Image.fromarray(colour_image(k)).save(root / f"{k}.png")
-    df = eda_manifest(root)
+    df = manifest_from_path(root)
     assert "label" not in df.columns
     r = run_eda(df, None, tmp_path / "out", workers=1, progress=False)
     assert r["label_column"] is None and r["targets"] == {}
@@ -189,11 +185,11 @@ def test_unlabeled_folder_and_default_out(tmp_path: Path) -> None:
 
 def test_bad_arguments(folder: Path, tmp_path: Path) -> None:
     with pytest.raises(UsageError):
-        eda_manifest(folder, manifest=tmp_path / "m.csv", pattern="x")
+        manifest_from_path(folder, manifest=tmp_path / "m.csv", pattern="x")
     with pytest.raises(DataError, match="group column"):
-        eda_manifest(folder, group="nope")
+        manifest_from_path(folder, group="nope")
     with pytest.raises(UsageError, match="thumbs"):
-        run_eda(eda_manifest(folder), None, tmp_path / "out", thumbs=-1, progress=False)
+        run_eda(manifest_from_path(folder), None, tmp_path / "out", thumbs=-1, progress=False)
 
 
 def test_cli(folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -210,7 +206,7 @@ def test_cli(folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 def test_pacs_sketch(shared_dataset, tmp_path: Path) -> None:
     root = shared_dataset("pacs-sketch")
     sketch = root / "sketch" if (root / "sketch").is_dir() else root
-    r = run_eda(eda_manifest(sketch), None, tmp_path / "out", progress=False)
+    r = run_eda(manifest_from_path(sketch), None, tmp_path / "out", progress=False)
     assert r["images"] == {"total": 3929, "readable": 3929, "unreadable": 0}
     assert r["targets"]["label"]["imbalance_ratio"] == pytest.approx(816 / 80, abs=1e-3)
     assert r["grayscale"]["share"] == 1.0
@@ -271,8 +267,8 @@ def test_per_image_values_match_the_loader(folder: Path, tmp_path: Path) -> None
 def test_a_chunk_gives_what_single_files_give(folder: Path) -> None:
     # Hashes, sums and features are computed per chunk in stacked numpy calls and reused buffers.
     tasks = [(str(p), False) for p in sorted(folder.rglob("*.*"))]
-    whole = _analyze_chunk(tasks)
-    parts = [_analyze_chunk([t]) for t in tasks]
+    whole = analyze_chunk(tasks)
+    parts = [analyze_chunk([t]) for t in tasks]
     for key in ("ok", "reason", "sha1", "pixel_hash", "phash", "phash_flip", "grayscale", "width"):
         assert whole[key] == [p[key][0] for p in parts], key
     for key in ("n", "s", "s2"):
@@ -285,7 +281,7 @@ def test_a_chunk_gives_what_single_files_give(folder: Path) -> None:
 def test_channel_sums_are_exact_at_the_limits() -> None:
     # 65,536 white pixels (a 256×256 plane) is the largest sum of squares at the stats resolution:
     # 4,261,478,400, above 2**32, where the sums must still be exact integers.
-    from toolkit.imaging.duplicates import plane_sums
+    from toolkit.imaging.hashing import plane_sums
 
     rng = np.random.default_rng(0)
     white = np.full((256, 256), 255, np.uint8)

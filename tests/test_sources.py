@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from toolkit.config.schema import DataConfig
-from toolkit.data import sources
+from toolkit.data import builtin
 from toolkit.data.sources import (
     builtin_root,
     load_manifest,
@@ -384,12 +384,12 @@ def test_builtin_digits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
 
     probe = root / "0" / "0000.png"
     before = probe.stat().st_mtime_ns
-    marker_before = (root / sources._COMPLETE_MARKER).stat().st_mtime_ns
+    marker_before = (root / builtin._COMPLETE_MARKER).stat().st_mtime_ns
     start = time.perf_counter()
     assert builtin_root("digits") == root
     assert time.perf_counter() - start < 0.5
     assert probe.stat().st_mtime_ns == before
-    assert (root / sources._COMPLETE_MARKER).stat().st_mtime_ns == marker_before
+    assert (root / builtin._COMPLETE_MARKER).stat().st_mtime_ns == marker_before
     # no temp folders left beside it
     assert [p.name for p in root.parent.iterdir()] == ["digits"]
 
@@ -401,11 +401,11 @@ def test_builtin_build_loses_race_gracefully(tmp_path: Path) -> None:
         # Simulate a concurrent process completing the same dataset while we build ours.
         final.mkdir(parents=True)
         (final / "theirs.txt").write_text("theirs")
-        (final / sources._COMPLETE_MARKER).write_text("complete\n")
+        (final / builtin._COMPLETE_MARKER).write_text("complete\n")
         (target / "ours.txt").write_text("ours")
 
-    assert sources._materialize(final, other_builder_finishes_first) == final
-    assert sorted(p.name for p in final.iterdir()) == [sources._COMPLETE_MARKER, "theirs.txt"]
+    assert builtin._materialize(final, other_builder_finishes_first) == final
+    assert sorted(p.name for p in final.iterdir()) == [builtin._COMPLETE_MARKER, "theirs.txt"]
     assert [p.name for p in final.parent.iterdir()] == ["toy"]  # our temp copy is discarded
 
 
@@ -417,7 +417,7 @@ def test_builtin_failed_build_leaves_nothing(tmp_path: Path) -> None:
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError):
-        sources._materialize(final, broken)
+        builtin._materialize(final, broken)
     assert not final.exists()
     assert list(final.parent.iterdir()) == []
 
@@ -426,8 +426,8 @@ def test_builtin_replaces_incomplete_folder(tmp_path: Path) -> None:
     final = tmp_path / "builtin" / "toy"
     final.mkdir(parents=True)
     (final / "stale.txt").write_text("x")
-    sources._materialize(final, lambda t: (t / "new.txt").write_text("y"))
-    assert sorted(p.name for p in final.iterdir()) == [sources._COMPLETE_MARKER, "new.txt"]
+    builtin._materialize(final, lambda t: (t / "new.txt").write_text("y"))
+    assert sorted(p.name for p in final.iterdir()) == [builtin._COMPLETE_MARKER, "new.txt"]
 
 
 # ------------------------------------------------------------------------------------------

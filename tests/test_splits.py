@@ -16,15 +16,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from toolkit.cli.main import run as cli
-from toolkit.data.splits import (
-    SplitWarning,
-    assign_folds,
-    audit_leakage,
-    fold_report,
-    load_duplicate_pairs,
-    read_source,
-    write_manifest,
-)
+from toolkit.data.folds import SplitWarning, assign_folds, fold_report
+from toolkit.data.leakage import audit_leakage, load_duplicate_pairs
+from toolkit.data.splits import read_source, write_manifest
 from toolkit.errors import DataError, UsageError
 
 # --------------------------------------------------------------------------------------------
@@ -323,8 +317,11 @@ def test_cli_dedup_uses_the_duplicates_module(tmp_path, monkeypatch, capsys):
         return pd.DataFrame({"a": paths[:-1], "b": paths[1:], "kind": "exact", "distance": 0})
 
     fake = types.ModuleType("toolkit.imaging.duplicates")
-    fake.image_hashes, fake.duplicate_pairs = image_hashes, duplicate_pairs
+    fake.duplicate_pairs = duplicate_pairs
     monkeypatch.setitem(sys.modules, "toolkit.imaging.duplicates", fake)
+    fake_hashing = types.ModuleType("toolkit.imaging.hashing")
+    fake_hashing.image_hashes = image_hashes
+    monkeypatch.setitem(sys.modules, "toolkit.imaging.hashing", fake_hashing)
     make_images(tmp_path / "train", {"a": 4, "b": 4})
     code = cli(["split", str(tmp_path / "train"), "--folds", "2", "--dedup", "--strict",
                 "--runs", str(tmp_path / "runs")])

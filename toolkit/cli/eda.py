@@ -39,13 +39,10 @@ def eda(
 
     Example: clsctl eda data/train --out eda/train --seed 0
     """
-    from toolkit.data.eda import default_out_dir, eda_manifest, run_eda
-    from toolkit.imaging.duplicates import DEFAULT_NEAR_DISTANCE
+    from toolkit.report.eda import eda_from_path
 
-    df = eda_manifest(data, manifest=manifest, pattern=pattern, group=group)
-    out_dir = out if out is not None else default_out_dir(data)
-    report = run_eda(df, None, out_dir, workers=workers, thumbs=thumbs, seed=seed,
-                     near_dup_distance=DEFAULT_NEAR_DISTANCE if distance is None else distance)
+    report, out_dir = eda_from_path(data, manifest=manifest, pattern=pattern, group=group, out=out, workers=workers,
+                                    thumbs=thumbs, seed=seed, near_dup_distance=distance)
     _print(report, out_dir)
 
 

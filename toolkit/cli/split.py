@@ -41,17 +41,18 @@ def split(
 
     Example: clsctl split data/train.csv --folds 5 --group person_id --out folds.csv
     """
-    from toolkit.data.splits import LeakageError, make_split
+    from toolkit.data.leakage import LeakageError
+    from toolkit.data.splits import make_split
 
     strat: list[str] | None = None if no_stratify else (stratify or [label])
-    result = make_split(source, root=root, label=label, folds=folds, group=group, stratify=strat,
-                        holdout=holdout, seed=seed, out=out, dedup=dedup, hashes=hashes, strict=strict,
-                        name=name, runs=runs)
+    try:
+        result = make_split(source, root=root, label=label, folds=folds, group=group, stratify=strat,
+                            holdout=holdout, seed=seed, out=out, dedup=dedup, hashes=hashes, strict=strict,
+                            name=name, runs=runs)
+    except LeakageError as exc:
+        _print(exc.result)  # the folds are recorded: show them above the error
+        raise
     _print(result)
-    if result.strict_failure is not None:
-        raise LeakageError(result.strict_failure,
-                           "use --group on the column that ties images together, or remove the duplicates "
-                           "(clsctl eda lists them); run without --strict to keep this split anyway")
 
 
 def _pct(share: float) -> str:

@@ -9,7 +9,6 @@ from PIL import Image, ImageDraw
 
 from toolkit.config.schema import Recipe
 from toolkit.errors import DataError
-from toolkit.imaging.cache import make_image_loader
 
 
 def aug_preview(recipe: Recipe, manifest, out: str | Path, *, n: int = 16, seed: int = 0,  # noqa: ANN001
@@ -26,6 +25,7 @@ def aug_preview(recipe: Recipe, manifest, out: str | Path, *, n: int = 16, seed:
             ``views > 1``, else about √n.
         views: augmented views per source image.
     """
+    from toolkit.data.preprocessing import make_image_loader
     from toolkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
 
     if len(manifest) == 0:

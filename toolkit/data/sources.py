@@ -15,6 +15,9 @@ Sources:
 * ``builtin:NAME`` (:func:`builtin_root`): a small dataset that ships with an installed library,
   written to the cache once, then read as an ImageFolder.
 
+Which source a path is: :func:`manifest_from_path` for a path on the command line (every command
+decides it the same way), :func:`load_manifest` for a recipe's ``[data]``.
+
 Listings are always sorted by path: file-system order differs between machines and would make
 class indices, folds and submissions depend on where the data was copied.
 """
@@ -22,18 +25,27 @@ class indices, folds and submissions depend on where the data was copied.
 from __future__ import annotations
 
 import os
-import posixpath
 import re
-import shutil
-import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Collection, Iterable
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from toolkit.config.schema import DataConfig
-from toolkit.errors import DataError
+from toolkit.data.builtin import BUILTIN_DATASETS, builtin_root, default_cache_dir
+from toolkit.data.listing import (
+    absolute_root,
+    check_root_dir,
+    finish_manifest,
+    is_image_name,
+    list_images,
+    normalize_extensions,
+    split_images,
+    suffix_summary,
+    walk_files,
+)
+from toolkit.data.manifest_table import guess_table_root, manifest_from_table
+from toolkit.errors import DataError, UsageError, examples
 
 __all__ = [
     "BUILTIN_DATASETS",
@@ -41,120 +53,13 @@ __all__ = [
     "default_cache_dir",
     "load_manifest",
     "manifest_from_folder",
+    "manifest_from_path",
     "manifest_from_pattern",
     "manifest_from_table",
     "manifest_from_unlabeled",
 ]
 
-#: Marker written last into a builtin dataset folder; its presence means the folder is complete.
-#: Hidden (leading dot) so the folder listing never counts it as a stray file.
-_COMPLETE_MARKER = ".clsctl-complete"
-
 _INT_RE = re.compile(r"[+-]?[0-9]+")
-_MAX_LISTED = 10
-
-
-# --------------------------------------------------------------------------------------------
-# Small helpers
-# --------------------------------------------------------------------------------------------
-
-
-def _default_extensions() -> list[str]:
-    return list(DataConfig().extensions)
-
-
-def _normalize_extensions(extensions: Iterable[str] | None) -> tuple[str, ...]:
-    """Lower-case suffixes with a leading dot; matching is case-insensitive (``.JPG`` is common)."""
-    exts = _default_extensions() if extensions is None else list(extensions)
-    out = []
-    for ext in exts:
-        ext = str(ext).strip().lower()
-        if not ext:
-            continue
-        out.append(ext if ext.startswith(".") else "." + ext)
-    if not out:
-        raise DataError("no image extensions given (data.extensions is empty)",
-                        'set data.extensions, e.g. [".jpg", ".png"]')
-    return tuple(out)
-
-
-def _is_image_name(name: str, exts: tuple[str, ...]) -> bool:
-    # endswith (not Path.suffix) so multi-dot suffixes such as ".nii.gz" work too.
-    return name.lower().endswith(exts)
-
-
-def _abs_root(root: str | os.PathLike[str]) -> Path:
-    """Absolute root without resolving symlinks: the path the user named is the one we report."""
-    return Path(os.path.abspath(os.path.expanduser(os.fspath(root))))
-
-
-def _check_root_dir(root: Path, what: str = "image root") -> None:
-    if not root.exists():
-        raise DataError(f"{what} {root} does not exist",
-                        "check data.root (a relative path is relative to the recipe file)")
-    if not root.is_dir():
-        raise DataError(f"{what} {root} is not a folder",
-                        "data.root must name a folder of images; a CSV/Parquet list goes in data.manifest")
-
-
-def _walk(base: Path) -> list[str]:
-    """All non-hidden files under ``base``, as sorted POSIX paths relative to ``base``.
-
-    Hidden files and folders (leading dot: ``.DS_Store``, ``.ipynb_checkpoints``, ``.git``) are
-    skipped entirely because they are never data. Symlinked folders are not followed, which
-    keeps a link cycle from hanging the listing; a symlinked root itself works.
-    """
-    files: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(base):
-        # Prune in place so os.walk does not descend into hidden folders.
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        rel_dir = Path(dirpath).relative_to(base).as_posix()
-        prefix = "" if rel_dir == "." else rel_dir + "/"
-        for name in filenames:
-            if not name.startswith("."):
-                files.append(prefix + name)
-    files.sort()
-    return files
-
-
-def _split_images(files: Sequence[str], exts: tuple[str, ...]) -> tuple[list[str], list[str]]:
-    images = [f for f in files if _is_image_name(posixpath.basename(f), exts)]
-    others = [f for f in files if not _is_image_name(posixpath.basename(f), exts)]
-    return images, others
-
-
-def _suffix_summary(files: Sequence[str]) -> str:
-    """'12 files: .txt ×10, .csv ×2' — tells the user at a glance why nothing was picked up."""
-    if not files:
-        return "nothing"
-    counts: dict[str, int] = {}
-    for f in files:
-        suffix = posixpath.splitext(f)[1].lower() or "(no suffix)"
-        counts[suffix] = counts.get(suffix, 0) + 1
-    parts = ", ".join(f"{s} ×{n}" for s, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
-    return f"{len(files)} file(s): {parts}"
-
-
-def _examples(items: Sequence[str], limit: int = _MAX_LISTED) -> str:
-    shown = ", ".join(str(i) for i in items[:limit])
-    more = len(items) - limit
-    return shown + (f" … and {more} more" if more > 0 else "")
-
-
-def _list_images(root: Path, exts: tuple[str, ...]) -> tuple[list[str], list[str]]:
-    """Images and other files under ``root``; no image at all is an error naming what was found."""
-    images, others = _split_images(_walk(root), exts)
-    if not images:
-        raise DataError(f"no images under {root} (found {_suffix_summary(others)})",
-                        f"check data.root and data.extensions (now {', '.join(exts)})")
-    return images, others
-
-
-def _finish(df: pd.DataFrame, root: Path, source: str) -> pd.DataFrame:
-    df = df.reset_index(drop=True)
-    df.attrs["root"] = str(root)
-    df.attrs["source"] = source
-    return df
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,25 +92,25 @@ def manifest_from_folder(
         DataError: The root is missing or not a folder, has no class subfolders, has images
             directly in it, or a class folder holds no images.
     """
-    exts = _normalize_extensions(extensions)
-    root_path = _abs_root(root)
-    _check_root_dir(root_path)
+    exts = normalize_extensions(extensions)
+    root_path = absolute_root(root)
+    check_root_dir(root_path)
 
     entries = sorted(p for p in os.listdir(root_path) if not p.startswith("."))
     class_dirs = [e for e in entries if (root_path / e).is_dir()]
     top_files = [e for e in entries if not (root_path / e).is_dir()]
-    top_images, top_other = _split_images(top_files, exts)
+    top_images, top_other = split_images(top_files, exts)
 
     if top_images:
         raise DataError(
             f"{len(top_images)} image(s) lie directly in {root_path} instead of in a class subfolder "
-            f"({_examples(top_images, 5)})",
+            f"({examples(top_images, 5)})",
             "for a folder of unlabeled images (a test set) set `unlabeled = true` in [data]; for labels "
             "kept elsewhere set data.manifest to a CSV/Parquet with path and label columns",
         )
     if not class_dirs:
         raise DataError(
-            f"no class subfolders in {root_path} (found {_suffix_summary(top_other)})",
+            f"no class subfolders in {root_path} (found {suffix_summary(top_other)})",
             "an ImageFolder root holds one subfolder per class (root/cat/1.jpg, root/dog/2.jpg); "
             "otherwise set data.manifest, data.pattern or `unlabeled = true`",
         )
@@ -216,8 +121,8 @@ def manifest_from_folder(
     empty: dict[str, list[str]] = {}
     counts: dict[str, int] = {}
     for cls in class_dirs:
-        files = _walk(root_path / cls)
-        images, others = _split_images(files, exts)
+        files = walk_files(root_path / cls)
+        images, others = split_images(files, exts)
         skipped += len(others)
         if not images:
             empty[cls] = others
@@ -227,7 +132,7 @@ def manifest_from_folder(
         labels.extend([cls] * len(images))
 
     if empty:
-        detail = "; ".join(f"{cls}: {_suffix_summary(others)}" for cls, others in empty.items())
+        detail = "; ".join(f"{cls}: {suffix_summary(others)}" for cls, others in empty.items())
         found = ", ".join(f"{c} ({n})" for c, n in counts.items()) or "none"
         raise DataError(
             f"class folder(s) without images in {root_path}: {', '.join(empty)} ({detail}); "
@@ -239,166 +144,8 @@ def manifest_from_folder(
     # Sort the whole listing by path: class order must come from sorting, never from listdir.
     order = sorted(range(len(paths)), key=paths.__getitem__)
     df = pd.DataFrame({"path": [paths[i] for i in order], label_column: [labels[i] for i in order]})
-    df = _finish(df, root_path, "folder")
+    df = finish_manifest(df, root_path, "folder")
     df.attrs["skipped_files"] = int(skipped)
-    return df
-
-
-# --------------------------------------------------------------------------------------------
-# Table (CSV / Parquet)
-# --------------------------------------------------------------------------------------------
-
-
-def _read_table(path: Path, path_column: str) -> pd.DataFrame:
-    suffix = path.suffix.lower()
-    if not path.exists():
-        raise DataError(f"manifest {path} does not exist",
-                        "check data.manifest (a relative path is relative to the recipe file)")
-    try:
-        if suffix == ".csv":
-            # The path column is always text: a name like "0001" must not become the number 1.
-            return pd.read_csv(path, dtype={path_column: str})
-        if suffix in (".parquet", ".pq"):
-            return pd.read_parquet(path)
-    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
-        # pyarrow's ArrowInvalid and pandas' EmptyDataError are ValueErrors.
-        raise DataError(f"cannot read manifest {path}: {exc}",
-                        "check that the file is a valid CSV (UTF-8, with a header row) or Parquet file") from exc
-    raise DataError(f"manifest {path} has an unsupported suffix {suffix or '(none)'!r}",
-                    "use a .csv or .parquet file")
-
-
-def _normalize_rel(raw: object, roots: Sequence[str]) -> str | None:
-    """Turn one table path into a normalized POSIX path relative to the root.
-
-    Returns:
-        The relative path, ``""`` for an empty value, or ``None`` when it escapes the root.
-    """
-    if raw is None or (isinstance(raw, float) and raw != raw):
-        return ""
-    text = str(raw).strip().replace("\\", "/")  # Windows-written manifests use backslashes
-    if not text:
-        return ""
-    if posixpath.isabs(text) or re.match(r"^[A-Za-z]:/", text):
-        norm = posixpath.normpath(text)
-        for r in roots:
-            # Both the lexical and the symlink-resolved root count as "inside".
-            if norm == r or norm.startswith(r.rstrip("/") + "/"):
-                return posixpath.relpath(norm, r)
-        return None
-    norm = posixpath.normpath(text)
-    if norm == ".":
-        return ""
-    if norm == ".." or norm.startswith("../"):
-        return None
-    return norm
-
-
-def _row_list(idx: Sequence[int], values: Sequence[object]) -> str:
-    items = [f"row {i + 1} ({v!r})" for i, v in zip(idx, values, strict=True)]
-    return _examples(items)
-
-
-def manifest_from_table(
-    path: str | os.PathLike[str],
-    root: str | os.PathLike[str] | None = None,
-    path_column: str = "path",
-    label_column: str = "label",
-    *,
-    require_label: bool = True,
-) -> pd.DataFrame:
-    """Read a CSV or Parquet manifest whose path column is relative to ``root``.
-
-    Rows keep the table's own order (a test-set table often fixes the submission order);
-    paths are normalized to POSIX relative form, and ``path_column`` is renamed to ``path``.
-    Every other column is kept as read. Rows are numbered from 1 in messages, header excluded.
-
-    Args:
-        path: The ``.csv`` or ``.parquet`` file.
-        root: Image root the paths are relative to; default the table's folder.
-        path_column: Column holding the image path.
-        label_column: Column holding the label; it must exist unless ``require_label`` is False.
-        require_label: Whether a missing or empty ``label_column`` is an error.
-
-    Returns:
-        The manifest with ``attrs["root"]`` and ``attrs["source"] == "table"``.
-
-    Raises:
-        DataError: Unsupported suffix, unreadable file, missing columns, empty labels, empty
-            paths, paths escaping the root, missing files or duplicate paths.
-    """
-    table_path = _abs_root(path)
-    root_path = _abs_root(root) if root is not None else table_path.parent
-    df = _read_table(table_path, path_column)
-    columns = [str(c) for c in df.columns]
-
-    if path_column not in df.columns:
-        raise DataError(f"manifest {table_path} has no path column {path_column!r} (columns: {', '.join(columns)})",
-                        "set data.path_column to the column that holds the image paths")
-    if require_label and label_column not in df.columns:
-        raise DataError(f"manifest {table_path} has no label column {label_column!r} (columns: {', '.join(columns)})",
-                        "set data.label_column to the column that holds the class, or derive it in [targets]")
-    if path_column != "path":
-        if "path" in df.columns:
-            raise DataError(f"manifest {table_path} has both {path_column!r} and 'path' columns",
-                            "rename or drop the 'path' column, or set data.path_column = \"path\"")
-        df = df.rename(columns={path_column: "path"})
-    _check_root_dir(root_path)
-
-    if require_label:
-        empty_labels = [i for i, v in enumerate(df[label_column].tolist())
-                        if v is None or (isinstance(v, float) and v != v) or str(v).strip() == ""]
-        if empty_labels:
-            raise DataError(
-                f"manifest {table_path}: {len(empty_labels)} row(s) have no {label_column!r} value "
-                f"(rows {_examples([str(i + 1) for i in empty_labels])})",
-                "fill in the labels or drop those rows; a test set without labels needs no label column",
-            )
-
-    roots = [root_path.as_posix()]
-    real = Path(os.path.realpath(root_path)).as_posix()
-    if real not in roots:
-        roots.append(real)
-
-    raw = df["path"].tolist()
-    rel = [_normalize_rel(v, roots) for v in raw]
-    blank = [i for i, r in enumerate(rel) if r == ""]
-    if blank:
-        raise DataError(f"manifest {table_path}: {len(blank)} row(s) have an empty path "
-                        f"(rows {_examples([str(i + 1) for i in blank])})",
-                        "fill in the image paths or drop those rows")
-    escaping = [i for i, r in enumerate(rel) if r is None]
-    if escaping:
-        raise DataError(
-            f"manifest {table_path}: {len(escaping)} path(s) point outside the image root {root_path}: "
-            f"{_row_list(escaping, [raw[i] for i in escaping])}",
-            "paths must be relative to data.root and stay inside it; set data.root to a folder that "
-            "contains every image",
-        )
-
-    seen: dict[str, int] = {}
-    dups: list[str] = []
-    for i, r in enumerate(rel):
-        if r in seen:
-            dups.append(f"{r} (rows {seen[r] + 1} and {i + 1})")
-        else:
-            seen[r] = i
-    if dups:
-        raise DataError(f"manifest {table_path}: {len(dups)} duplicate path(s): {_examples(dups)}",
-                        "each image must appear once; drop the repeated rows")
-
-    rel_ok = [r for r in rel if r is not None]  # every None was rejected above; narrows the type
-    missing = [r for r in rel_ok if not os.path.isfile(root_path / r)]
-    if missing:
-        raise DataError(
-            f"manifest {table_path}: {len(missing)} of {len(rel)} image(s) not found under {root_path}: "
-            f"{_examples(missing)}",
-            "set data.root to the folder the paths are relative to, or remove the rows",
-        )
-
-    df["path"] = pd.Series(rel_ok, index=df.index, dtype=object).astype(str)
-    df = _finish(df, root_path, "table")
-    df.attrs["skipped_files"] = 0
     return df
 
 
@@ -451,8 +198,8 @@ def manifest_from_pattern(
         DataError: Invalid regex, a group named ``path``, no images, or (strict) images that
             do not match.
     """
-    exts = _normalize_extensions(extensions)
-    root_path = _abs_root(root)
+    exts = normalize_extensions(extensions)
+    root_path = absolute_root(root)
     try:
         regex = re.compile(pattern)
     except re.error as exc:
@@ -461,9 +208,9 @@ def manifest_from_pattern(
     if "path" in regex.groupindex:
         raise DataError("data.pattern has a group named 'path', which is reserved for the image path",
                         "rename that group")
-    _check_root_dir(root_path)
+    check_root_dir(root_path)
 
-    images, others = _list_images(root_path, exts)
+    images, others = list_images(root_path, exts)
 
     names = list(regex.groupindex)
     rows: dict[str, list[str | None]] = {n: [] for n in names}
@@ -481,7 +228,7 @@ def manifest_from_pattern(
     if unmatched and (strict or not paths):
         raise DataError(
             f"{len(unmatched)} of {len(images)} image path(s) under {root_path} do not match data.pattern "
-            f"{pattern!r} (the whole relative path must match): {_examples(unmatched)}",
+            f"{pattern!r} (the whole relative path must match): {examples(unmatched)}",
             "fix the pattern (add `.*` where any text may follow), or move the files out of the root",
         )
 
@@ -489,7 +236,7 @@ def manifest_from_pattern(
     for n in names:
         data[n] = _maybe_int(rows[n])
     df = pd.DataFrame(data)
-    df = _finish(df, root_path, "pattern")
+    df = finish_manifest(df, root_path, "pattern")
     df.attrs["skipped_files"] = len(others)
     df.attrs["unmatched_files"] = len(unmatched)
     return df
@@ -517,120 +264,13 @@ def manifest_from_unlabeled(
     Raises:
         DataError: The root is missing, not a folder, or holds no images.
     """
-    exts = _normalize_extensions(extensions)
-    root_path = _abs_root(root)
-    _check_root_dir(root_path)
-    images, others = _list_images(root_path, exts)
-    df = _finish(pd.DataFrame({"path": images}), root_path, "unlabeled")
+    exts = normalize_extensions(extensions)
+    root_path = absolute_root(root)
+    check_root_dir(root_path)
+    images, others = list_images(root_path, exts)
+    df = finish_manifest(pd.DataFrame({"path": images}), root_path, "unlabeled")
     df.attrs["skipped_files"] = len(others)
     return df
-
-
-# --------------------------------------------------------------------------------------------
-# Builtin datasets
-# --------------------------------------------------------------------------------------------
-
-
-def default_cache_dir() -> Path:
-    """The clsctl cache: ``$CLSCTL_CACHE`` if set, else ``~/.cache/clsctl``."""
-    env = os.environ.get("CLSCTL_CACHE")
-    return _abs_root(env) if env else Path.home() / ".cache" / "clsctl"
-
-
-def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """The 1797 8×8 digits (values 0..16) and their classes, as scikit-learn ships them.
-
-    The CSV inside the installed sklearn package is read directly because importing
-    ``sklearn.datasets`` pulls in scipy and takes seconds; ``load_digits`` is the fallback
-    should a future sklearn move the file.
-    """
-    import importlib.util
-
-    spec = importlib.util.find_spec("sklearn")  # locates the package without importing it
-    if spec is not None and spec.origin is not None:
-        csv = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz"
-        if csv.is_file():
-            table = np.loadtxt(csv, delimiter=",")
-            if table.shape == (1797, 65):
-                return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as exc:  # pragma: no cover - sklearn is a dependency
-        raise DataError("builtin:digits needs scikit-learn", "install scikit-learn") from exc
-    digits = load_digits()
-    return digits.images, digits.target.astype(np.int64)
-
-
-def _write_digits(target: Path) -> None:
-    """scikit-learn's 1797 bundled 8×8 digits as 32×32 PNGs in ImageFolder layout.
-
-    Pixel values 0..16 are scaled to 0..255 and kept white-on-black (like MNIST); upscaling is
-    nearest-neighbour so the images stay exactly the original data, only bigger. Files are
-    ``<digit>/<index:04d>.png`` with the index into sklearn's order.
-    """
-    from PIL import Image
-
-    images, classes = _digits_arrays()
-    pixels = np.rint(images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
-    for cls in range(10):
-        (target / str(cls)).mkdir()
-    for index, (img, cls) in enumerate(zip(pixels, classes, strict=True)):
-        big = img.repeat(4, axis=0).repeat(4, axis=1)  # 8×8 → 32×32, nearest-neighbour
-        Image.fromarray(big, mode="L").save(target / str(int(cls)) / f"{index:04d}.png")
-
-
-#: Builtin dataset name → function that writes it (ImageFolder layout) into an empty folder.
-BUILTIN_DATASETS: dict[str, Callable[[Path], None]] = {"digits": _write_digits}
-
-
-def _materialize(final: Path, build: Callable[[Path], None]) -> Path:
-    """Build a folder once, atomically: into a temp sibling, then ``os.replace`` it into place.
-
-    A reader therefore sees either no folder or a complete one. Two processes may build at the
-    same time; whichever renames second finds the folder present and discards its own copy.
-    """
-    marker = final / _COMPLETE_MARKER
-    if marker.is_file():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    # Hidden name: a half-built sibling never shows up in a listing of the parent.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
-        build(tmp)
-        (tmp / _COMPLETE_MARKER).write_text("complete\n", encoding="utf-8")
-        try:
-            os.replace(tmp, final)
-        except OSError:
-            if marker.is_file():
-                return final  # another builder won the race; its copy is as good as ours
-            # A folder without the marker is not ours (a manual copy or an old layout): replace it.
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
-
-
-def builtin_root(name: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """The ImageFolder root of a builtin dataset, written to the cache on first use.
-
-    Args:
-        name: Dataset name without the ``builtin:`` prefix (``digits``).
-        cache_dir: Cache folder; default ``$CLSCTL_CACHE`` or ``~/.cache/clsctl``. The dataset
-            lives in ``<cache>/builtin/<name>``.
-
-    Returns:
-        The dataset folder (complete; a marker file records completion).
-
-    Raises:
-        DataError: Unknown name.
-    """
-    if name not in BUILTIN_DATASETS:
-        raise DataError(f"unknown builtin dataset {name!r} (known: {', '.join(sorted(BUILTIN_DATASETS))})",
-                        "use data.root = \"builtin:digits\", or point data.root at a folder")
-    base = _abs_root(cache_dir) if cache_dir is not None else default_cache_dir()
-    return _materialize(base / "builtin" / name, BUILTIN_DATASETS[name])
 
 
 # --------------------------------------------------------------------------------------------
@@ -682,9 +322,108 @@ def load_manifest(data: DataConfig, *, require_label: bool = True) -> pd.DataFra
                 df.attrs["source"] = f"builtin:{builtin}"
 
     if data.group_column:
-        if data.group_column not in df.columns:
-            raise DataError(f"group column {data.group_column!r} not in the manifest "
-                            f"(columns: {', '.join(map(str, df.columns))})",
-                            "set data.group_column to one of those columns, or leave it unset")
-        df["group"] = df[data.group_column]
+        _copy_group(df, data.group_column, "set data.group_column to one of those columns, or leave it unset")
+    return df
+
+
+def _copy_group(df: pd.DataFrame, column: str, hint: str) -> None:
+    """Copy the column that ties images together (photo, person, patient) into ``group``."""
+    if column not in df.columns:
+        raise DataError(f"group column {column!r} not in the manifest (columns: {', '.join(map(str, df.columns))})",
+                        hint)
+    df["group"] = df[column]
+
+
+# --------------------------------------------------------------------------------------------
+# From a path on the command line
+# --------------------------------------------------------------------------------------------
+
+
+def _looks_like_image_folder(root: Path, exts: tuple[str, ...], known_classes: Collection[str] | None) -> bool:
+    """Visible subfolders, no image directly in ``root`` and, when classes are known, only class subfolders."""
+    entries = [e for e in os.listdir(root) if not e.startswith(".")]
+    folders = [e for e in entries if (root / e).is_dir()]
+    top_images = [e for e in entries if not (root / e).is_dir() and is_image_name(e, exts)]
+    if not folders or top_images:
+        return False
+    return known_classes is None or all(f in known_classes for f in folders)
+
+
+def manifest_from_path(
+    path: str | os.PathLike[str],
+    *,
+    manifest: str | os.PathLike[str] | None = None,
+    pattern: str | None = None,
+    root: str | os.PathLike[str] | None = None,
+    extensions: Iterable[str] | None = None,
+    label_column: str = "label",
+    path_column: str = "path",
+    require_label: bool = False,
+    group: str | None = None,
+    known_classes: Collection[str] | None = None,
+) -> pd.DataFrame:
+    """The manifest of the images a path names: the one place a command decides what a path is.
+
+    * ``manifest`` given: that table, its paths relative to ``path`` (the image root).
+    * ``pattern`` given: every image under ``path``, with the regex's named groups as columns.
+    * ``path`` a file: a manifest table (``.csv``, ``.parquet``, ``.pq``). Its paths are relative
+      to ``root``; without one, to the first of its folder, its parent folder or one of its
+      subfolders that holds a sample of them (else its folder).
+    * ``path`` a folder: an ImageFolder (the class is the subfolder name) when it has visible
+      subfolders and no image directly in it, else a folder of unlabeled images listed
+      recursively. With ``known_classes`` (the classes of a trained model) it is an ImageFolder
+      only when every subfolder is one of them; an empty collection never makes one. With
+      ``require_label`` a folder is always read as an ImageFolder, so that a folder without
+      classes fails with the reason.
+
+    Args:
+        path: An ImageFolder root, a folder of images, a manifest table, or the root that
+            ``manifest`` / ``pattern`` paths are relative to.
+        manifest: A CSV/Parquet table with a path column relative to ``path``.
+        pattern: A regex with named groups over each relative path (a group named ``label``
+            becomes the class).
+        root: The image root of a table ``path``; only a table takes one.
+        extensions: Image suffixes (case-insensitive); default ``DataConfig().extensions``.
+        label_column: The column that holds (or, for an ImageFolder, receives) the class.
+        path_column: The path column of a table.
+        require_label: Whether the source must give a filled ``label_column`` (a table) or
+            classes (a folder).
+        group: A column copied into ``group`` (photo, person, patient), as ``data.group_column``.
+        known_classes: Class names an ImageFolder's subfolders must all belong to.
+
+    Returns:
+        The manifest, with ``attrs["root"]`` and ``attrs["source"]`` (``folder``, ``unlabeled``,
+        ``table`` or ``pattern``).
+
+    Raises:
+        UsageError: ``manifest`` and ``pattern`` together, or ``root`` with anything but a table.
+        DataError: A missing path, an unknown group column, or whatever the source finds wrong.
+    """
+    if manifest is not None and pattern is not None:
+        raise UsageError("--manifest and --pattern both given", "use one: a table, or a regex over file paths")
+    if root is not None and (manifest is not None or pattern is not None):
+        raise UsageError(f"--root {root} was given with --manifest or --pattern",
+                         "with those, the data path itself is the image root")
+    source = Path(path)
+    if manifest is not None:
+        df = manifest_from_table(manifest, absolute_root(source), path_column, label_column,
+                                 require_label=require_label)
+    elif pattern is not None:
+        df = manifest_from_pattern(source, pattern, extensions)
+    elif source.is_dir():
+        if root is not None and Path(root).resolve() != source.resolve():
+            raise UsageError(f"--root {root} was given with an ImageFolder source {source}",
+                             "--root is for a manifest table; for a folder, pass the folder itself")
+        exts = normalize_extensions(extensions)
+        if require_label or _looks_like_image_folder(absolute_root(source), exts, known_classes):
+            df = manifest_from_folder(source, exts, label_column=label_column)
+        else:
+            df = manifest_from_unlabeled(source, exts)
+    elif not source.exists():
+        raise DataError(f"{source} does not exist", "pass a folder of images or a CSV/Parquet manifest")
+    else:
+        table_root = root if root is not None else guess_table_root(source)
+        df = manifest_from_table(source, table_root, path_column, label_column, require_label=require_label)
+    if group is not None:
+        _copy_group(df, group, "name one of those columns, or leave --group out")
     return df

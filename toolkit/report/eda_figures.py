@@ -1,24 +1,24 @@
 """The PNG figures of ``clsctl eda``: each function returns PNG bytes, the caller writes them.
 
-matplotlib is driven through its object API (``Figure`` + the Agg canvas), never ``pyplot``: no
-global backend is switched, no window can open, and nothing leaks between figures. Image grids
-are composed with Pillow, which is faster and keeps thumbnails pixel-exact.
+matplotlib figures come from :func:`toolkit.report.html.new_figure` (its object API and the Agg
+canvas, never ``pyplot``). Image grids are composed with Pillow, which is faster and keeps
+thumbnails pixel-exact.
 """
 
 from __future__ import annotations
 
 import io
 import math
-import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from toolkit.report.html import figure_png, new_figure
+
 if TYPE_CHECKING:
     import pandas as pd
-    from matplotlib.figure import Figure
 
 __all__ = [
     "bar_counts",
@@ -37,31 +37,11 @@ _CAPTION = 14
 _BLUE = "#3b6ea8"
 
 
-def _figure(width: float, height: float) -> Figure:
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), dpi=100)
-
-
-def _png(fig: Figure) -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    # One tight_layout pass: the constrained engine re-measures every text several times and
-    # costs more than the drawing itself.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # a crowded figure keeps its default margins
-        fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
-
-
 def bar_counts(counts: dict[str, int], title: str) -> bytes:
     """Horizontal bars, one per value, largest first (the 40 largest when there are more)."""
     items = sorted(counts.items(), key=lambda kv: -kv[1])
     shown = items[:_MAX_BARS]
-    fig = _figure(7, max(2.0, 0.8 + 0.28 * len(shown)))
+    fig = new_figure(7, max(2.0, 0.8 + 0.28 * len(shown)))
     ax = fig.add_subplot()
     names = [k if len(k) <= 30 else k[:29] + "…" for k, _ in shown][::-1]
     values = [v for _, v in shown][::-1]
@@ -72,14 +52,14 @@ def bar_counts(counts: dict[str, int], title: str) -> bytes:
     ax.set_title(f"{title}{suffix}", fontsize=10)
     ax.set_xlabel("images")
     ax.margins(x=0.12)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def histogram(values: np.ndarray, title: str, integer: bool = False) -> bytes:
     """A histogram of a numeric column (integer bins when the values are small counts)."""
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v)]
-    fig = _figure(6, 3)
+    fig = new_figure(6, 3)
     ax = fig.add_subplot()
     if v.size:
         if integer and v.max() - v.min() <= 60:
@@ -89,12 +69,12 @@ def histogram(values: np.ndarray, title: str, integer: bool = False) -> bytes:
         ax.hist(v, bins=bins, color=_BLUE)
     ax.set_title(title, fontsize=10)
     ax.set_ylabel("count")
-    return _png(fig)
+    return figure_png(fig)
 
 
 def sizes(width: np.ndarray, height: np.ndarray, aspect: np.ndarray) -> bytes:
     """Width, height and aspect-ratio histograms side by side."""
-    fig = _figure(11, 3)
+    fig = new_figure(11, 3)
     for k, (v, name) in enumerate(((width, "width (px)"), (height, "height (px)"), (aspect, "aspect ratio (w/h)"))):
         ax = fig.add_subplot(1, 3, k + 1)
         v = np.asarray(v, dtype=np.float64)
@@ -102,12 +82,12 @@ def sizes(width: np.ndarray, height: np.ndarray, aspect: np.ndarray) -> bytes:
         if v.size:
             ax.hist(v, bins=30 if v.max() > v.min() else 1, color=_BLUE)
         ax.set_title(name, fontsize=10)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def brightness(good: pd.DataFrame, label: str | None) -> bytes:
     """Per-image mean luma, overall and (up to 10 classes) per class."""
-    fig = _figure(7, 3.2)
+    fig = new_figure(7, 3.2)
     ax = fig.add_subplot()
     values = good["brightness"].to_numpy(np.float64)
     bins = np.linspace(0.0, 1.0, 41)
@@ -119,12 +99,12 @@ def brightness(good: pd.DataFrame, label: str | None) -> bytes:
     ax.set_xlabel("mean luma (0 = black, 1 = white)")
     ax.set_ylabel("images")
     ax.set_title("brightness", fontsize=10)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def channel_means(good: pd.DataFrame) -> bytes:
     """Distributions of the per-image mean of each colour channel."""
-    fig = _figure(7, 3)
+    fig = new_figure(7, 3)
     ax = fig.add_subplot()
     bins = np.linspace(0.0, 1.0, 41)
     for ch, color in (("r", "#d04040"), ("g", "#40a040"), ("b", "#4060d0")):
@@ -134,12 +114,12 @@ def channel_means(good: pd.DataFrame) -> bytes:
     ax.set_xlabel("per-image channel mean (0..1)")
     ax.set_ylabel("images")
     ax.set_title("channel means", fontsize=10)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def nearest_distance(counts: np.ndarray, max_distance: int) -> bytes:
     """Histogram of each sampled image's hash distance to its nearest other image."""
-    fig = _figure(7, 3)
+    fig = new_figure(7, 3)
     ax = fig.add_subplot()
     counts = np.asarray(counts)
     last = int(np.max(np.flatnonzero(counts))) + 1 if counts.any() else 33
@@ -149,7 +129,7 @@ def nearest_distance(counts: np.ndarray, max_distance: int) -> bytes:
     ax.set_xlabel("bits to the nearest other image (perceptual hash, plain or mirrored)")
     ax.set_ylabel("sampled images")
     ax.set_title("nearest-neighbour hash distance", fontsize=10)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def _tile(image: Image.Image | None) -> Image.Image:

@@ -1,34 +1,24 @@
 """The static ``eda.html`` page: one Jinja2 template rendered from the ``eda.json`` content.
 
-The page must open from disk anywhere (an archive, a laptop offline, a CI artifact): no scripts,
-no web fonts, no external style sheets, and every image and link is a path relative to the page.
+The page extends the shared skeleton of :mod:`toolkit.report.html`: it opens from disk anywhere,
+and every image and link is a path relative to the page.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from toolkit.report.html import environment, render_page, table
+
+if TYPE_CHECKING:
+    from markupsafe import Markup
 
 __all__ = ["render_eda_html"]
 
-_TEMPLATE = r"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>eda: {{ r.root }}</title>
-<style>
-body { font: 14px/1.45 system-ui, sans-serif; margin: 1.5em auto; max-width: 1200px; padding: 0 1em; color: #222; }
-h1 { font-size: 1.5em; } h2 { margin-top: 2em; border-bottom: 1px solid #ccc; } h3 { font-size: 1.05em; }
-table { border-collapse: collapse; margin: .5em 0; }
-td, th { border: 1px solid #ddd; padding: 2px 8px; text-align: left; vertical-align: top; }
-th { background: #f4f4f4; } td.n { text-align: right; font-variant-numeric: tabular-nums; }
-img { max-width: 100%; border: 1px solid #eee; }
-.note { color: #666; font-size: .92em; } .warn { color: #a33; }
-code { background: #f4f4f4; padding: 0 3px; }
-nav a { margin-right: .8em; }
-</style>
-</head>
-<body>
-<h1>Data report</h1>
+_TEMPLATE = r"""{% extends "page.html" %}
+{% block title %}eda: {{ r.root }}{% endblock %}
+{% block body %}<h1>Data report</h1>
 <p><code>{{ r.root }}</code> ({{ r.source or "manifest" }}), made {{ r.created }} in {{ r.timing.seconds }} s
 ({{ r.timing.images_per_second }} images/s). Files: <a href="eda.json">eda.json</a>,
 <a href="hashes.parquet">hashes.parquet</a>, <a href="duplicates.parquet">duplicates.parquet</a>,
@@ -77,8 +67,7 @@ nav a { margin-right: .8em; }
 <p>{{ r.groups.n_groups }} groups; images per group: median {{ r.groups.images_per_group.median }},
 max {{ r.groups.images_per_group.max }}. Groups with more than one label: {{ r.groups.mixed_label_groups }}.</p>
 <img src="{{ r.groups.plot }}" alt="images per group">
-<table><tr><th>largest groups</th><th>images</th></tr>
-{% for g, n in r.groups.largest %}<tr><td>{{ g }}</td><td class="n">{{ n }}</td></tr>{% endfor %}</table>
+{{ table(["largest groups", "images"], r.groups.largest, numeric=[1]) }}
 {% endif %}
 
 <h2 id="images">Images: size, format, mode, colour</h2>
@@ -88,13 +77,10 @@ max {{ r.groups.images_per_group.max }}. Groups with more than one label: {{ r.g
 <tr><th>{{ k }}</th><td class="n">{{ s.min }}</td><td class="n">{{ s.p5 }}</td><td class="n">{{ s.median }}</td><td class="n">{{ s.p95 }}</td><td class="n">{{ s.max }}</td></tr>{% endfor %}
 </table>
 <p>Most common sizes: {% for w, h, n in r.sizes.common %}{{ w }}×{{ h }} ({{ n }}){% if not loop.last %}, {% endif %}{% endfor %}</p>
-<table><tr><th>file format</th><th>images</th></tr>
-{% for k, n in r.file_formats.items() %}<tr><td>{{ k }}</td><td class="n">{{ n }}</td></tr>{% endfor %}</table>
-<table><tr><th>stored mode</th><th>images</th></tr>
-{% for k, n in r.image_modes.items() %}<tr><td>{{ k }}</td><td class="n">{{ n }}</td></tr>{% endfor %}</table>
+{{ table(["file format", "images"], r.file_formats.items(), numeric=[1]) }}
+{{ table(["stored mode", "images"], r.image_modes.items(), numeric=[1]) }}
 <h3>Grayscale-looking images (red = green = blue everywhere)</h3>
-<table><tr><th>class</th><th>grayscale</th><th>share</th></tr>
-{% for c, g in r.grayscale.per_class.items() %}<tr><td>{{ c }}</td><td class="n">{{ g.count }}</td><td class="n">{{ pct(g.share) }}</td></tr>{% endfor %}</table>
+{{ table(["class", "grayscale", "share"], grayscale_rows(r.grayscale.per_class), numeric=[1, 2]) }}
 
 <h2 id="stats">Pixel statistics</h2>
 <p>Per-channel mean and standard deviation over all pixels of every readable image, each downscaled
@@ -114,8 +100,7 @@ in 0..1 units. Use them with <code>[data] normalize = "dataset"</code> and <code
 {{ r.outliers.count }} images score above {{ r.outliers.threshold }}. Such a score says "unlike the rest of its class
 by these simple measures", not "wrong": look at them.</p>
 {% if r.outliers.plot %}<img src="{{ r.outliers.plot }}" alt="top outliers">{% endif %}
-<table><tr><th>path</th><th>class</th><th>score</th><th>why</th></tr>
-{% for o in r.outliers["items"][:30] %}<tr><td>{{ o.path }}</td><td>{{ o.label }}</td><td class="n">{{ o.score }}</td><td>{{ o.reasons|join("; ") }}</td></tr>{% endfor %}</table>
+{{ table(["path", "class", "score", "why"], outlier_rows(r.outliers["items"][:30]), numeric=[2]) }}
 
 <h2 id="duplicates">Duplicates</h2>{% set d = r.duplicates %}
 <p>Exact (same bytes): {{ d.pairs.exact }} pairs; pixel-equal (same decoded pixels, other bytes): {{ d.pairs.pixel }};
@@ -132,44 +117,62 @@ sit at 0–4 bits, apart from the bulk.</p>
 <h3>Pairs whose groups differ (leak risk in a grouped split): {{ d.group_conflicts.count }}</h3>
 {{ pair_table(d.group_conflicts["items"][:50]) }}
 <h3>Largest duplicate groups</h3>
-<table><tr><th>size</th><th>labels</th><th>paths (first 10)</th></tr>
-{% for g in d.largest_groups[:10] %}<tr><td class="n">{{ g.size }}</td><td>{% if g.labels %}{% for k, v in g.labels.items() %}{{ k }} {{ v }} {% endfor %}{% endif %}</td><td>{{ g.paths|join(", ") }}</td></tr>{% endfor %}</table>
+{{ table(["size", "labels", "paths (first 10)"], group_rows(d.largest_groups[:10]), numeric=[0]) }}
 
 <h2 id="unreadable">Unreadable files: {{ r.unreadable|length }}</h2>
-{% if r.unreadable %}<table><tr><th>path</th><th>reason</th></tr>
-{% for u in r.unreadable %}<tr><td>{{ u.path }}</td><td>{{ u.reason }}</td></tr>{% endfor %}</table>
+{% if r.unreadable %}{{ table(["path", "reason"], unreadable_rows(r.unreadable)) }}
 {% else %}<p>None: every file decoded.</p>{% endif %}
-</body>
-</html>
+{% endblock %}
 """
 
-_PAIR_TABLE = r"""{% if items %}<table><tr><th>a</th><th>b</th><th>kind</th><th>bits</th>{% if "label_a" in items[0] %}<th>labels</th>{% endif %}{% if "group_a" in items[0] %}<th>groups</th>{% endif %}</tr>
-{% for p in items %}<tr><td>{{ p.a }}</td><td>{{ p.b }}</td><td>{{ p.kind }}</td><td class="n">{{ p.distance }}</td>{% if "label_a" in p %}<td>{{ p.label_a }} / {{ p.label_b }}</td>{% endif %}{% if "group_a" in p %}<td>{{ p.group_a }} / {{ p.group_b }}</td>{% endif %}</tr>{% endfor %}</table>{% else %}<p class="note">None.</p>{% endif %}"""
+
+def _pair_table(items: Sequence[Mapping[str, Any]]) -> Markup:
+    """Duplicate pairs: paths, kind, bits, and both labels / groups when the pairs carry them."""
+    from markupsafe import Markup
+
+    if not items:
+        return Markup('<p class="note">None.</p>')
+    labels, groups = "label_a" in items[0], "group_a" in items[0]
+    header = ["a", "b", "kind", "bits"] + (["labels"] if labels else []) + (["groups"] if groups else [])
+    rows = [[p["a"], p["b"], p["kind"], p["distance"]]
+            + ([f"{p['label_a']} / {p['label_b']}"] if "label_a" in p else [])
+            + ([f"{p['group_a']} / {p['group_b']}"] if "group_a" in p else []) for p in items]
+    return table(header, rows, numeric=[3])
+
+
+def _fmt3(v: list[float] | None) -> str:
+    return "n/a" if not v else ", ".join(f"{x:.4f}" for x in v)
+
+
+def _grayscale_rows(per_class: Mapping[str, Mapping[str, Any]]) -> Iterable[list[Any]]:
+    from toolkit.report.html import pct
+
+    return [[c, g["count"], pct(g["share"])] for c, g in per_class.items()]
+
+
+def _outlier_rows(items: Iterable[Mapping[str, Any]]) -> list[list[Any]]:
+    return [[o["path"], o["label"], o["score"], "; ".join(o["reasons"])] for o in items]
+
+
+def _group_rows(groups: Iterable[Mapping[str, Any]]) -> list[list[Any]]:
+    return [[g["size"], "".join(f"{k} {v} " for k, v in (g["labels"] or {}).items()), ", ".join(g["paths"])]
+            for g in groups]
+
+
+def _unreadable_rows(items: Iterable[Mapping[str, Any]]) -> list[list[Any]]:
+    return [[u["path"], u["reason"]] for u in items]
 
 
 def render_eda_html(report: dict[str, Any]) -> str:
     """Render the EDA page from the ``eda.json`` content.
 
     Args:
-        report: What :func:`toolkit.data.eda.run_eda` returns.
+        report: What :func:`toolkit.report.eda.run_eda` returns.
 
     Returns:
         A complete HTML document (UTF-8 text) whose images and links are relative paths.
     """
-    import jinja2
-    from markupsafe import Markup
-
-    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
-                             lstrip_blocks=True)
-    pair_template = env.from_string(_PAIR_TABLE)
-
-    def pct(x: float | None) -> str:
-        return "n/a" if x is None else f"{100 * x:.1f}%"
-
-    def fmt3(v: list[float] | None) -> str:
-        return "n/a" if not v else ", ".join(f"{x:.4f}" for x in v)
-
-    def pair_table(items: list[dict[str, Any]]) -> Markup:
-        return Markup(pair_template.render(items=items))
-
-    return env.from_string(_TEMPLATE).render(r=report, pct=pct, fmt3=fmt3, pair_table=pair_table)
+    env = environment()
+    env.globals.update(fmt3=_fmt3, pair_table=_pair_table, grayscale_rows=_grayscale_rows,
+                       outlier_rows=_outlier_rows, group_rows=_group_rows, unreadable_rows=_unreadable_rows)
+    return render_page(_TEMPLATE, env, r=report)
