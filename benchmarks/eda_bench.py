@@ -54,8 +54,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from toolkit.data.eda import eda_manifest  # noqa: E402
-from toolkit.imaging.duplicates import chunk_size, default_workers  # noqa: E402
+from toolkit.data.sources import manifest_from_path  # noqa: E402
+from toolkit.imaging.pool import chunk_size, default_workers  # noqa: E402
 
 
 def data_root() -> Path:
@@ -99,11 +99,16 @@ def decode_rate(func, files: list[str], workers: int) -> float:
     return len(files) / (time.perf_counter() - start)
 
 
+# The child runs in either tree: this one, or a baseline checkout from before eda moved to report/.
 _CHILD = """
 import json, sys, time
-from toolkit.data.eda import eda_manifest, run_eda
+try:
+    from toolkit.data.sources import manifest_from_path as manifest
+    from toolkit.report.eda import run_eda
+except ImportError:
+    from toolkit.data.eda import eda_manifest as manifest, run_eda
 t = time.perf_counter()
-df = eda_manifest(sys.argv[1])
+df = manifest(sys.argv[1])
 r = run_eda(df, None, sys.argv[2], workers=int(sys.argv[3]), progress=False)
 print(json.dumps({"seconds": time.perf_counter() - t, "pass_seconds": r["timing"]["pass_seconds"],
                   "n": r["images"]["total"], "pairs": r["duplicates"]["pairs"]}))
@@ -154,7 +159,7 @@ def _ratio(num: list[float], den: list[float]) -> str:
 
 def throughput(name: str, folder: Path, workers: int, rounds: int, tmp: Path, baseline: Path | None) -> list[str]:
     """Interleaved rounds of every contender on one dataset; Markdown rows for the two tables."""
-    df = eda_manifest(folder)
+    df = manifest_from_path(folder)
     files = [str(folder / p) for p in df["path"]]
     for f in files:  # warm the page cache: everyone decodes from memory
         Path(f).read_bytes()
@@ -194,7 +199,7 @@ def _must_do(path: str) -> None:
     import cv2
 
     from toolkit.imaging.decode import decode_plain_native
-    from toolkit.imaging.duplicates import read_file
+    from toolkit.imaging.hashing import read_file
 
     data = read_file(path)
     hashlib.sha1(data, usedforsecurity=False).hexdigest()
@@ -214,10 +219,10 @@ def single_process(name: str, folder: Path, rounds: int) -> str:
     """CPU time per image in this process, best of interleaved rounds: the decodes, the floor, eda's pass."""
     import cv2
 
-    from toolkit.data.eda import _analyze_chunk
+    from toolkit.data.eda_pass import analyze_chunk
 
     cv2.setNumThreads(1)
-    files = [str(folder / p) for p in eda_manifest(folder)["path"]]
+    files = [str(folder / p) for p in manifest_from_path(folder)["path"]]
 
     funcs = {"bare Pillow": _bare, "bare OpenCV": _bare_cv, "must-do": _must_do}
     best: dict[str, float] = {}
@@ -229,7 +234,7 @@ def single_process(name: str, folder: Path, rounds: int) -> str:
             best[key] = min(best.get(key, 1e9), (time.process_time() - t) / len(files))
         t = time.process_time()
         for i in range(0, len(files), 64):
-            _analyze_chunk([(f, False) for f in files[i:i + 64]])
+            analyze_chunk([(f, False) for f in files[i:i + 64]])
         best["eda"] = min(best.get("eda", 1e9), (time.process_time() - t) / len(files))
     us = {k: v * 1e6 for k, v in best.items()}
     return (f"| {name} | {us['bare Pillow']:.0f} | {us['bare OpenCV']:.0f} | {us['must-do']:.0f} | {us['eda']:.0f} "

@@ -293,3 +293,17 @@ def test_channel_sums_are_exact_at_the_limits() -> None:
         x = rng.integers(0, 256, shape, dtype=np.uint8)
         x.flat[: x.size // int(rng.integers(1, 5))] = rng.choice([0, 255])
         assert plane_sums(x) == (int(x.sum(dtype=np.int64)), int((x.astype(np.int64) ** 2).sum())), shape
+
+
+def test_page_helpers_escape_and_stay_offline(tmp_path: Path) -> None:
+    from toolkit.report.html import PageFiles, data_uri, render_page
+
+    page = ('{% extends "page.html" %}{% block title %}{{ name }}{% endblock %}'
+            '{% block body %}{{ table(["a", "n"], rows, numeric=[1]) }}<img src="{{ src }}">{% endblock %}')
+    html = render_page(page, name="<x>", rows=[["<b>", 3]], src=data_uri(b"\x89PNG"))
+    assert html.startswith("<!DOCTYPE html>") and "<title>&lt;x&gt;</title>" in html and "<style>" in html
+    assert "<td>&lt;b&gt;</td><td class=\"n\">3</td>" in html and 'src="data:image/png;base64,' in html
+    assert "http" not in html and "<script" not in html
+    files = PageFiles(tmp_path / "page")
+    assert files.write("figs/a.png", b"png") == "figs/a.png" and files.add("t.parquet") == "t.parquet"
+    assert (tmp_path / "page" / "figs" / "a.png").read_bytes() == b"png" and files.names == ["figs/a.png", "t.parquet"]

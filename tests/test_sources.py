@@ -17,11 +17,12 @@ from toolkit.data.sources import (
     builtin_root,
     load_manifest,
     manifest_from_folder,
+    manifest_from_path,
     manifest_from_pattern,
     manifest_from_table,
     manifest_from_unlabeled,
 )
-from toolkit.errors import DataError
+from toolkit.errors import DataError, UsageError
 
 EXTS = [".png", ".jpg"]
 MASK_PATTERN = (r"images/(?P<id>\d+)_(?P<gender>[a-z]+)_(?P<race>\w+)_(?P<age>\d+)/"
@@ -465,6 +466,69 @@ def test_load_manifest_group_column_missing(tmp_path: Path) -> None:
 def test_load_manifest_needs_a_root() -> None:
     with pytest.raises(DataError, match="data.root is not set"):
         load_manifest(DataConfig())
+
+
+# ------------------------------------------------------------------------------------------
+# manifest_from_path: what a path on the command line is
+# ------------------------------------------------------------------------------------------
+
+
+def test_path_folder_with_class_subfolders_is_an_imagefolder(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "ds", {"cat": ["1.png"], "dog": ["2.png", "sub/3.png"]})
+    df = manifest_from_path(root)
+    assert df.attrs["source"] == "folder"
+    assert df["label"].tolist() == ["cat", "dog", "dog"]
+    assert manifest_from_path(root, label_column="species")["species"].tolist() == ["cat", "dog", "dog"]
+
+
+def test_path_folder_with_images_at_the_top_is_unlabeled(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "ds", {"cat": ["1.png"]})
+    png(root / "top.png")
+    df = manifest_from_path(root)
+    assert df.attrs["source"] == "unlabeled" and "label" not in df.columns
+    assert df["path"].tolist() == ["cat/1.png", "top.png"]
+    with pytest.raises(DataError, match="directly in"):  # a source that must give labels says why it cannot
+        manifest_from_path(root, require_label=True)
+
+
+def test_path_known_classes_decide_an_imagefolder(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "ds", {"cat": ["1.png"], "dog": ["2.png"]})
+    assert manifest_from_path(root, known_classes=["cat", "dog", "fox"]).attrs["source"] == "folder"
+    assert manifest_from_path(root, known_classes=["cat"]).attrs["source"] == "unlabeled"
+    assert manifest_from_path(root, known_classes=[]).attrs["source"] == "unlabeled"
+
+
+def test_path_table_finds_its_image_root(tmp_path: Path) -> None:
+    make_folder(tmp_path / "data" / "images", {"a": ["1.png"], "b": ["2.png"]})
+    table = tmp_path / "data" / "train.csv"
+    pd.DataFrame({"path": ["a/1.png", "b/2.png"], "label": ["a", "b"]}).to_csv(table, index=False)
+    df = manifest_from_path(table)
+    assert df.attrs["source"] == "table" and df.attrs["root"] == str((tmp_path / "data" / "images").resolve())
+    df = manifest_from_path(table, root=tmp_path / "data" / "images")
+    assert df["label"].tolist() == ["a", "b"]
+
+
+def test_path_with_manifest_or_pattern_is_their_root(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "ds", {"a": ["p1_1.png"], "b": ["p2_1.png"]})
+    table = tmp_path / "list.csv"
+    pd.DataFrame({"path": ["a/p1_1.png"], "person": ["p1"]}).to_csv(table, index=False)
+    df = manifest_from_path(root, manifest=table, group="person")
+    assert df.attrs["root"] == str(root) and df["group"].tolist() == ["p1"]
+    df = manifest_from_path(root, pattern=r"(?P<label>[ab])/(?P<person>p\d)_\d\.png")
+    assert df.attrs["source"] == "pattern" and df["person"].tolist() == ["p1", "p2"]
+
+
+def test_path_errors(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "ds", {"a": ["1.png"]})
+    with pytest.raises(DataError, match="does not exist"):
+        manifest_from_path(tmp_path / "missing")
+    with pytest.raises(UsageError, match="both given"):
+        manifest_from_path(root, manifest=tmp_path / "m.csv", pattern="x")
+    with pytest.raises(UsageError, match="--root"):
+        manifest_from_path(root, root=tmp_path)
+    with pytest.raises(DataError, match="group column 'person' not in the manifest") as err:
+        manifest_from_path(root, group="person")
+    assert "--group" in (err.value.hint or "")
 
 
 def test_module_does_not_import_torch() -> None:

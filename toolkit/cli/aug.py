@@ -26,16 +26,7 @@ def preview(
 
     Example: clsctl aug preview data/train --recipe recipes/convnext_ls.toml --n 16 --views 4
     """
-    from toolkit.config import load_recipe
-    from toolkit.data.preview import aug_preview
-    from toolkit.data.sources import manifest_from_folder, manifest_from_unlabeled
+    from toolkit.data.preview import preview_from_path
 
-    resolved = load_recipe(recipe, set_ or [])
-    from toolkit.errors import DataError
-
-    try:
-        manifest = manifest_from_folder(data, resolved.data.extensions, label_column=resolved.targets.label)
-    except DataError:
-        manifest = manifest_from_unlabeled(data, resolved.data.extensions)
-    path = aug_preview(resolved, manifest, out, n=n, seed=seed, views=views)
-    typer.echo(f"wrote {path} ({min(n, len(manifest))} images × {views} view(s))")
+    path, shown = preview_from_path(data, out, recipe=recipe, overrides=set_ or [], n=n, seed=seed, views=views)
+    typer.echo(f"wrote {path} ({shown} images × {views} view(s))")

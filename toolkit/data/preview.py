@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -10,8 +13,13 @@ from PIL import Image, ImageDraw
 from toolkit.config.schema import Recipe
 from toolkit.errors import DataError
 
+if TYPE_CHECKING:
+    import pandas as pd
 
-def aug_preview(recipe: Recipe, manifest, out: str | Path, *, n: int = 16, seed: int = 0,  # noqa: ANN001
+__all__ = ["aug_preview", "preview_from_path"]
+
+
+def aug_preview(recipe: Recipe, manifest: pd.DataFrame, out: str | Path, *, n: int = 16, seed: int = 0,
                 columns: int | None = None, views: int = 1) -> Path:
     """Write a PNG grid of ``n`` seeded samples, each through the recipe's train pipeline ``views`` times.
 
@@ -65,3 +73,33 @@ def aug_preview(recipe: Recipe, manifest, out: str | Path, *, n: int = 16, seed:
     with atomic_writer(out) as fh:
         canvas.save(fh, format="PNG")
     return out
+
+
+def preview_from_path(data: str | os.PathLike[str], out: str | Path, *, recipe: str | Path | None = None,
+                      overrides: Sequence[str] = (), n: int = 16, seed: int = 0,
+                      views: int = 1) -> tuple[Path, int]:
+    """``clsctl aug preview``: the grid of :func:`aug_preview` for the images a path holds.
+
+    Args:
+        data: An ImageFolder, a folder of unlabeled images or a manifest table (see
+            :func:`toolkit.data.sources.manifest_from_path`; the recipe's image extensions apply).
+        out: The PNG to write.
+        recipe: The recipe file; None for the defaults.
+        overrides: ``--set`` overrides of the recipe.
+        n: How many source images.
+        seed: Sampling and augmentation seed.
+        views: Augmented views per source image.
+
+    Returns:
+        ``(the PNG written, how many source images it shows)``.
+
+    Raises:
+        RecipeError: The recipe cannot be loaded.
+        DataError: No images, or whatever the source finds wrong.
+    """
+    from toolkit.config import load_recipe
+    from toolkit.data.sources import manifest_from_path
+
+    resolved = load_recipe(recipe, list(overrides))
+    manifest = manifest_from_path(data, extensions=resolved.data.extensions, label_column=resolved.targets.label)
+    return aug_preview(resolved, manifest, out, n=n, seed=seed, views=views), min(n, len(manifest))

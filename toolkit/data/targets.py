@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from toolkit.config.schema import BinSpec, CombineSpec, MapSpec, TargetsConfig
-from toolkit.errors import DataError
+from toolkit.errors import DataError, examples, is_missing
 
 __all__ = [
     "apply_targets",
@@ -40,8 +40,6 @@ __all__ = [
     "map_order",
     "target_columns",
 ]
-
-_MAX_LISTED = 10
 
 
 def _columns_text(df: pd.DataFrame) -> str:
@@ -54,10 +52,6 @@ def _require_column(df: pd.DataFrame, column: str, key: str) -> None:
                         f"set {key} to one of those columns")
 
 
-def _is_missing(value: object) -> bool:
-    return value is None or value is pd.NA or (isinstance(value, float) and value != value)
-
-
 def _as_text(values: Sequence[object]) -> list[str | None]:
     """Values as the text a recipe writes them as; missing stays None.
 
@@ -66,19 +60,13 @@ def _as_text(values: Sequence[object]) -> list[str | None]:
     """
     out: list[str | None] = []
     for v in values:
-        if _is_missing(v):
+        if is_missing(v):
             out.append(None)
         elif isinstance(v, float | np.floating) and float(v).is_integer():
             out.append(str(int(v)))
         else:
             out.append(str(v))
     return out
-
-
-def _examples(items: Sequence[str], limit: int = _MAX_LISTED) -> str:
-    shown = ", ".join(items[:limit])
-    more = len(items) - limit
-    return shown + (f" … and {more} more" if more > 0 else "")
 
 
 def _target_kinds(targets: TargetsConfig) -> dict[str, str]:
@@ -170,7 +158,7 @@ def _apply_bin(df: pd.DataFrame, name: str, spec: BinSpec) -> list[str]:
         shown = [f"row {i + 1} ({raw.iloc[i]!r})" for i in bad]
         raise DataError(
             f"targets.bins.{name}: column {spec.column!r} has {bad.size} value(s) that are not numbers "
-            f"(rows counted from 1): {_examples(shown)}",
+            f"(rows counted from 1): {examples(shown)}",
             "fix or drop those rows, or bin a numeric column",
         )
     # side="right": a value equal to an edge lands in the bin above it.
@@ -226,7 +214,7 @@ def _apply_map(df: pd.DataFrame, name: str, spec: MapSpec) -> list[str]:
     if counts:
         unmapped = [f"{v!r} ×{n}" for v, n in sorted(counts.items())]
         raise DataError(
-            f"{key}: {len(counts)} value(s) of column {spec.column!r} are not mapped: {_examples(unmapped)} "
+            f"{key}: {len(counts)} value(s) of column {spec.column!r} are not mapped: {examples(unmapped)} "
             f"(keys{' (regex, full match)' if spec.regex else ''}: {', '.join(map(repr, mapping))})",
             f"add those values to {key}.values" + ("" if spec.regex else ", or set regex = true to match patterns"),
         )
@@ -268,7 +256,7 @@ def _combine_order(df: pd.DataFrame, name: str, targets: TargetsConfig, seen: se
     if len(set(classes)) != len(classes):
         dup = sorted({c for c in classes if classes.count(c) > 1})
         raise DataError(f"targets.combine.{name}: different combinations give the same class name "
-                        f"({_examples(dup)}) with separator {spec.separator!r}",
+                        f"({examples(dup)}) with separator {spec.separator!r}",
                         f"choose a separator that no part contains (targets.combine.{name}.separator)")
     return classes
 
@@ -283,7 +271,7 @@ def _apply_combine(df: pd.DataFrame, name: str, spec: CombineSpec) -> list[str]:
         missing = [i for i, t in enumerate(text) if t is None]
         if missing:
             raise DataError(f"targets.combine.{name}: column {col!r} is empty in {len(missing)} row(s) "
-                            f"(rows {_examples([str(i + 1) for i in missing])})",
+                            f"(rows {examples([str(i + 1) for i in missing])})",
                             "fill in or drop those rows")
         parts.append(text)
     return [spec.separator.join(p) for p in zip(*parts, strict=True)]  # type: ignore[arg-type]
@@ -359,7 +347,7 @@ def _sorted_values(df: pd.DataFrame, column: str) -> list[str]:
     missing = [i for i, t in enumerate(text) if t is None]
     if missing:
         raise DataError(f"column {column!r} is empty in {len(missing)} row(s) "
-                        f"(rows {_examples([str(i + 1) for i in missing])})",
+                        f"(rows {examples([str(i + 1) for i in missing])})",
                         "fill in or drop those rows before training on this column")
     return sorted({t for t in text if t is not None})
 
@@ -403,8 +391,8 @@ def class_order(df: pd.DataFrame, column: str, targets: TargetsConfig) -> list[s
     present = _sorted_values(df, column)
     unknown = [v for v in present if v not in known]
     if unknown:
-        raise DataError(f"column {column!r} has value(s) not in {source}: {_examples([repr(u) for u in unknown])} "
-                        f"(classes: {_examples([repr(c) for c in classes], 30)})",
+        raise DataError(f"column {column!r} has value(s) not in {source}: {examples([repr(u) for u in unknown])} "
+                        f"(classes: {examples([repr(c) for c in classes], 30)})",
                         f"add them to {source}, or fix or drop those rows")
     return classes
 
@@ -430,8 +418,8 @@ def encode_labels(df: pd.DataFrame, column: str, classes: Sequence[str]) -> np.n
     text = _as_text(df[column].tolist())
     bad = sorted({"<missing>" if t is None else t for t in text if t is None or t not in index})
     if bad:
-        raise DataError(f"column {column!r} has value(s) outside its classes: {_examples([repr(b) for b in bad])} "
-                        f"(classes: {_examples([repr(c) for c in classes], 30)})",
+        raise DataError(f"column {column!r} has value(s) outside its classes: {examples([repr(b) for b in bad])} "
+                        f"(classes: {examples([repr(c) for c in classes], 30)})",
                         "fix or drop those rows, or add the values to the class list (targets.classes)")
     return np.fromiter((index[t] for t in text), dtype=np.int64, count=len(text))  # type: ignore[index]
 
@@ -473,7 +461,7 @@ def check_classes(
     small = [f"{c!r}: {n}" for c, n in counts.items() if n < min_count]
     if small:
         raise DataError(
-            f"{len(small)} class(es) of {column!r} have fewer than {min_count} image(s): {_examples(small, 30)}",
+            f"{len(small)} class(es) of {column!r} have fewer than {min_count} image(s): {examples(small, 30)}",
             "add images to those classes, merge or drop them (targets.maps), or use fewer folds",
         )
     return counts
