@@ -32,7 +32,7 @@ from pathlib import Path
 import pandas as pd
 
 from toolkit.config.schema import DataConfig
-from toolkit.data.builtin import BUILTIN_DATASETS, builtin_root, default_cache_dir
+from toolkit.data.builtin import builtin_root
 from toolkit.data.listing import (
     absolute_root,
     check_root_dir,
@@ -48,9 +48,7 @@ from toolkit.data.manifest_table import guess_table_root, manifest_from_table
 from toolkit.errors import DataError, UsageError, examples
 
 __all__ = [
-    "BUILTIN_DATASETS",
     "builtin_root",
-    "default_cache_dir",
     "load_manifest",
     "manifest_from_folder",
     "manifest_from_path",

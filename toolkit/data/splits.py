@@ -19,6 +19,7 @@ import pandas as pd
 
 from toolkit.data.folds import FOLD_COLUMN, SplitWarning, assign_folds, fold_report
 from toolkit.data.leakage import LeakageError, audit_leakage, leakage_message, load_duplicate_pairs
+from toolkit.data.sources import manifest_from_path
 from toolkit.errors import UsageError
 from toolkit.store.tables import CSV_SUFFIXES, PARQUET_SUFFIXES, write_table
 
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SplitResult",
-    "assign_folds",
+    "assign_folds",  # its home is toolkit.data.folds; kept here for callers that import it from splits
     "make_split",
     "read_source",
     "write_manifest",
@@ -85,8 +86,6 @@ def read_source(
         DataError: The source does not exist or cannot be read.
         UsageError: ``root`` given with a folder source.
     """
-    from toolkit.data.sources import manifest_from_path
-
     return manifest_from_path(source, root=root, label_column=label, require_label=require_label)
 
 

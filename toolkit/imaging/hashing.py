@@ -322,7 +322,6 @@ def _hash_chunk(paths: Sequence[str]) -> list[tuple[str | None, str | None, int 
     return rows
 
 
-
 def preload_decoders() -> None:
     """Load the common Pillow format plugins and OpenCV (the plain-file decoder) in this process.
 
@@ -349,9 +348,8 @@ def image_hashes(paths: Iterable[str | os.PathLike[str]], root: str | os.PathLik
     Returns:
         One row per path, in input order, with columns ``path`` (str), ``sha1`` (hex SHA-1 of the
         file bytes), ``pixel_hash`` (hex digest of the decoded RGB pixels and their shape),
-        ``phash`` and ``phash_flip`` (nullable ``UInt64``; see the module docstring).
+        ``phash`` and ``phash_flip`` (nullable ``UInt64``; see :mod:`toolkit.imaging.phash`).
     """
-
     names = [os.fspath(p) for p in paths]
     base = os.fspath(root) if root is not None else None
     full = [os.path.join(base, n) if base is not None else n for n in names]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from toolkit.report.html import environment, render_page, table
+from toolkit.report.html import environment, pct, render_page, table
 
 if TYPE_CHECKING:
     from markupsafe import Markup
@@ -144,9 +144,7 @@ def _fmt3(v: list[float] | None) -> str:
     return "n/a" if not v else ", ".join(f"{x:.4f}" for x in v)
 
 
-def _grayscale_rows(per_class: Mapping[str, Mapping[str, Any]]) -> Iterable[list[Any]]:
-    from toolkit.report.html import pct
-
+def _grayscale_rows(per_class: Mapping[str, Mapping[str, Any]]) -> list[list[Any]]:
     return [[c, g["count"], pct(g["share"])] for c, g in per_class.items()]
 
 
