@@ -9,8 +9,8 @@ import typer
 
 
 def eda(
-    data: Annotated[Path, typer.Argument(help="ImageFolder root, a folder of unlabeled images, or the root that "
-                                         "--manifest / --pattern paths are relative to.", show_default=False)],
+    data: Annotated[Path, typer.Argument(help="ImageFolder root, a folder of unlabeled images, a CSV/Parquet "
+                                         "manifest, or the root that --manifest / --pattern paths are relative to.", show_default=False)],
     manifest: Annotated[Path | None, typer.Option("--manifest", "-m", metavar="FILE", help="CSV/Parquet table with a "
                                                   "path column relative to DATA (label and other columns optional).",
                                                   show_default=False)] = None,
