@@ -591,7 +591,7 @@ def test_run_json_records_the_format_version_and_refuses_a_newer_one(tmp_path: P
     info["format_version"] = FORMAT_VERSION + 1
     (run.path / "run.json").write_text(json.dumps(info))
     with pytest.raises(RunError, match="newer clsctl"):
-        Run(run.path).info
+        _ = Run(run.path).info
     del info["format_version"]  # folders written before the key existed stay readable
     (run.path / "run.json").write_text(json.dumps(info))
     assert Run(run.path).kind == "train"

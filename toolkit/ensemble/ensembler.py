@@ -270,5 +270,5 @@ def _write(result: EnsembleResult, runs_root: str | Path | None, name: str | Non
         if test_frame is not None:
             result.files.update(run.write_predictions(result.prediction_set, test_frame, submission, None))
         run.update_summary(result.summary())
-        result.files["summary"] = run.file("summary.json")
+        result.files["summary"] = run.summary_path
     result.run = run

@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from toolkit.errors import DataError
-from toolkit.errors import examples
+from toolkit.errors import DataError, examples
 from toolkit.store.tables import read_table
 
 

@@ -203,6 +203,11 @@ class RunFiles:
 
     # ------------------------------------------------------------------ summary
     @property
+    def summary_path(self) -> Path:
+        """Where ``summary.json`` is."""
+        return self.file(SUMMARY_JSON)
+
+    @property
     def summary(self) -> dict[str, Any]:
         """The content of ``summary.json`` (empty dict when there is none yet)."""
         try:
@@ -224,7 +229,7 @@ class RunFiles:
         merged = self.summary
         merged.update(values or {})
         merged.update(fields)
-        atomic_write_json(self.file(SUMMARY_JSON), merged)
+        atomic_write_json(self.summary_path, merged)
         return merged
 
     # ------------------------------------------------------------------ out-of-fold probabilities
