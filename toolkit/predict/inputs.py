@@ -17,6 +17,7 @@ import pandas as pd
 
 from toolkit.config.schema import Recipe
 from toolkit.errors import DataError, examples
+from toolkit.store.tables import read_table
 
 _SHOWN = 10
 
@@ -59,14 +60,6 @@ def _ids(df: pd.DataFrame) -> list[str]:
     return df["path"].astype(str).tolist()
 
 
-def _is_imagefolder(root: Path, classes: list[str], extensions: list[str]) -> bool:
-    exts = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
-    entries = [e for e in os.listdir(root) if not e.startswith(".")]
-    dirs = [e for e in entries if (root / e).is_dir()]
-    top_images = [e for e in entries if not (root / e).is_dir() and e.lower().endswith(exts)]
-    return bool(dirs) and not top_images and all(d in classes for d in dirs)
-
-
 def _labels(df: pd.DataFrame, heads: list[str], classes: dict[str, list[str]], where: str,
             strict: bool) -> dict[str, np.ndarray]:
     """Class indices per head when every head column is present; {} otherwise."""
@@ -96,41 +89,33 @@ def read_input(data: str | Path, recipe: Recipe, heads: list[str], classes: dict
         recipe: the run's recipe (image extensions, path/label column names, ``[targets]``).
         heads: the run's target heads.
         classes: the run's class list per head.
-        root: folder a manifest's paths are relative to (default: the manifest's folder).
+        root: folder a manifest's paths are relative to (default: the manifest's folder, or the folder
+            next to it that holds its images).
 
     Raises:
         DataError: missing data, no images, bad manifest, labels with unknown class names.
     """
-    from toolkit.data.sources import manifest_from_folder, manifest_from_table, manifest_from_unlabeled
+    from toolkit.data.sources import manifest_from_path
     from toolkit.data.targets import apply_targets
 
     path = Path(os.path.abspath(os.path.expanduser(os.fspath(data))))
     if not path.exists():
         raise DataError(f"{path} does not exist", "pass a folder of images or a CSV/Parquet manifest")
-    extensions = list(recipe.data.extensions)
-    label_col = recipe.data.label_column
-    single = len(heads) == 1
-    if path.is_dir():
-        if single and _is_imagefolder(path, classes[heads[0]], extensions):
-            df = manifest_from_folder(path, extensions, label_column=label_col)
-            source = "imagefolder"
-        else:
-            df = manifest_from_unlabeled(path, extensions)
-            source = "folder"
-        name = path.name
-    elif path.suffix.lower() in (".csv", ".parquet", ".pq"):
-        path_col = "path"
-        if recipe.data.path_column != "path":
-            probe = pd.read_csv(path, nrows=0) if path.suffix.lower() == ".csv" else None
-            cols = list(probe.columns) if probe is not None else list(pd.read_parquet(path).columns)
-            if "path" not in cols and recipe.data.path_column in cols:
-                path_col = recipe.data.path_column
-        df = manifest_from_table(path, root=root, path_column=path_col, label_column=label_col, require_label=False)
-        source = "manifest"
-        name = path.stem
-    else:
+    is_table = path.is_file()
+    if is_table and path.suffix.lower() not in (".csv", ".parquet", ".pq"):
         raise DataError(f"{path} is neither a folder nor a .csv/.parquet manifest",
                         "pass a folder of images or a CSV/Parquet manifest with a path column")
+    path_col = "path"
+    if is_table and recipe.data.path_column != "path":
+        columns = read_table(path, what="manifest").columns
+        if "path" not in columns and recipe.data.path_column in columns:
+            path_col = recipe.data.path_column
+    # A folder is scored as an ImageFolder only when its subfolders are this run's classes.
+    known = classes[heads[0]] if len(heads) == 1 else ()
+    df = manifest_from_path(path, root=root if is_table else None, extensions=list(recipe.data.extensions),
+                            label_column=recipe.data.label_column, path_column=path_col, known_classes=known)
+    source = {"folder": "imagefolder", "unlabeled": "folder", "table": "manifest"}[df.attrs["source"]]
+    name = path.stem if is_table else path.name
     root_path = Path(df.attrs["root"])
     if len(df) == 0:
         raise DataError(f"no images to predict in {path}", "check the folder or the manifest")

@@ -210,8 +210,6 @@ def choose_tta(run: Run, recipe: Recipe, models: Sequence[FoldModel], engine: In
 def _training_rows(run: Run, recipe: Recipe, heads: list[str], classes: dict[str, list[str]]
                    ) -> tuple[pd.DataFrame, Path]:
     """The run's ``manifest.csv`` (path, fold and head columns, as the run recorded them) and its image root."""
-    from toolkit.data.sources import source_root
-
     manifest = run.read_manifest()
     if manifest is None or "fold" not in manifest.columns:
         raise RunError(f"run {run.id} has no manifest.csv with folds", "--tta auto needs a train run's own manifest")
@@ -226,7 +224,11 @@ def _training_rows(run: Run, recipe: Recipe, heads: list[str], classes: dict[str
                            "run does not know", "the run folder is inconsistent; retrain it")
         manifest[h] = manifest[h].astype(str)
     root = run.info.get("data_root")
-    return manifest, Path(root) if root else source_root(recipe.data)
+    if not root:  # runs of earlier releases did not record it: the recipe's source says where it was
+        from toolkit.data.sources import load_manifest
+
+        root = load_manifest(recipe.data, require_label=False).attrs["root"]
+    return manifest, Path(root)
 
 
 def default_name(data_name: str, views: Sequence[str], folds: Sequence[int], all_folds: Sequence[int],
