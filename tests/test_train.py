@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -73,9 +74,10 @@ def test_one_epoch_writes_every_artifact(images, tmp_path):
 
     for k in range(3):
         fold = run_dir / "folds" / str(k)
-        for name in ("model.safetensors", "model.json", "oof.parquet", "done.json", "state/progress.json"):
+        for name in ("model.safetensors", "model.json", "oof.parquet", "done.json"):
             assert (fold / name).is_file(), (k, name)
         assert not any(p.name.startswith(".") for p in fold.iterdir())
+        assert not any(p.name.startswith("state") for p in fold.iterdir())  # a finished fold's state is removed
 
     # The built pipelines are saved in albumentations' serialization and rebuild to the same eval pixels.
     from toolkit.data.transforms import build_transform, load_pipeline
@@ -201,20 +203,22 @@ def test_resume_skips_finished_folds_and_rejects_recipe(images, tmp_path):
     assert cli(["train", "--resume", run_dir.name, "--runs", str(runs), "--recipe", str(recipe)]) == 2
 
 
-def test_non_finite_loss_stops_with_clear_error_keeping_checkpoint(images, tmp_path, monkeypatch):
-    from toolkit.train import trainer as trainer_mod
+def test_non_finite_loss_stops_with_clear_error_keeping_checkpoint(images, tmp_path):
+    from toolkit.train import Callback, train
 
     recipe = load_recipe(write_recipe(tmp_path / "r.toml", images, train={"epochs": 3}))
-    original = trainer_mod.Trainer._loss
 
-    def poisoned(self, logits, targets, criteria, weights):
-        loss = original(self, logits, targets, criteria, weights)
-        # From the second epoch on, training losses turn NaN (validation stays finite).
-        return loss * float("nan") if logits.requires_grad and self.fold_progress.epoch >= 0 else loss
+    class Poison(Callback):
+        """After the first epoch (its checkpoint is written first), the weights turn NaN, so the
+        second epoch's training loss is NaN."""
 
-    monkeypatch.setattr(trainer_mod.Trainer, "_loss", poisoned)
+        def on_epoch_end(self, trainer, state, row, val):
+            with torch.no_grad():
+                for param in state.model.parameters():
+                    param.fill_(float("nan"))
+
     with pytest.raises(TrainingError, match="non-finite loss in fold 0, epoch 1"):
-        trainer_mod.Trainer(recipe, runs_root=tmp_path / "runs", folds="0").run()
+        train(recipe, runs_root=tmp_path / "runs", folds="0", callbacks=[Poison()], progress=False)
     run_dir = _only_run(tmp_path / "runs")
     assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"
     assert (run_dir / "folds/0/model.safetensors").is_file()
@@ -224,13 +228,54 @@ def test_non_finite_loss_stops_with_clear_error_keeping_checkpoint(images, tmp_p
 def test_offline_pretrained_fails_fast(images, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     recipe = load_recipe(write_recipe(tmp_path / "r.toml", images, model={"name": "resnet18", "pretrained": True}))
-    from toolkit.train.trainer import Trainer
+    from toolkit.train import train
 
     start = time.perf_counter()
     with pytest.raises(ToolkitError, match="pretrained") as exc:
-        Trainer(recipe, runs_root=tmp_path / "runs", folds="0").run()
+        train(recipe, runs_root=tmp_path / "runs", folds="0")
     assert time.perf_counter() - start < 5
     assert "pretrained_file" in str(exc.value)
+    assert not (tmp_path / "runs").exists()  # found before any data is read or any run folder exists
+
+
+@pytest.mark.parametrize("source", ["missing_file", "unreachable_hub"])
+def test_unusable_pretrained_weights_fail_before_the_data_is_read(images, tmp_path, monkeypatch, source):
+    """The weights are checked before the manifest is read and the decoded cache decodes every image."""
+    from toolkit.errors import DataError
+    from toolkit.train import train
+    from toolkit.train import trainer as trainer_mod
+
+    def never(*args, **kwargs):
+        raise AssertionError("the data was read before the pretrained weights were checked")
+
+    monkeypatch.setattr(trainer_mod, "load_training_data", never)
+    monkeypatch.setattr("toolkit.imaging.cache.warm_cache", never)
+    if source == "missing_file":
+        model = {"name": "resnet18", "pretrained_file": str(tmp_path / "nope.safetensors")}
+        expected = DataError
+    else:  # a hub endpoint on a closed local port: the connection is refused at once
+        monkeypatch.delenv("HF_HUB_OFFLINE")
+        monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+        model = {"name": "resnet18", "pretrained": True}
+        expected = ToolkitError
+    recipe = load_recipe(write_recipe(tmp_path / "r.toml", images, model=model, data={"cache": True}))
+    with pytest.raises(expected, match="pretrained"):
+        train(recipe, runs_root=tmp_path / "runs", folds="0", progress=False)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_recipe_without_data_fails_before_torch_is_imported(tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[model]\nname = "resnet18"\npretrained = false\n[train]\nepochs = 1\n')
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "toolkit", "train", "--recipe", str(recipe),
+                          "--runs", str(tmp_path / "runs")], env=_env(), capture_output=True, text=True)
+    assert out.returncode == 2, out.stderr[-2000:]
+    errors = [line for line in out.stderr.splitlines() if not line.startswith("import time:")]
+    assert len(errors) == 1 and errors[0].startswith("error: the recipe names no data"), errors
+    imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
+    assert "toolkit.config.loader" in imported  # the listing is real: the recipe was loaded
+    assert not {"torch", "timm", "accelerate"} & imported
+    assert not (tmp_path / "runs").exists()
 
 
 def test_pretrained_file_missing_and_bad_model_name(images, tmp_path):
@@ -324,7 +369,8 @@ def test_sampler_class_frequencies():
 def test_mixup_ema_and_balanced_sampler_train_and_resume(images, tmp_path):
     recipe = write_recipe(tmp_path / "r.toml", images,
                           aug={"mixup_alpha": 0.4, "cutmix_alpha": 1.0, "randaugment": "rand-m5-n1"},
-                          train={"epochs": 2, "ema": True, "ema_decay": 0.9, "sampler": "balanced", "epoch_samples": 24})
+                          train={"epochs": 2, "ema": True, "ema_decay": 0.9, "sampler": "balanced", "epoch_samples": 24,
+                                 "keep_state": True})
     runs = tmp_path / "runs"
     assert cli(["train", "--recipe", str(recipe), "--runs", str(runs), "--folds", "0"]) == 0
     run_dir = _only_run(runs)
@@ -369,3 +415,129 @@ def test_loader_workers_run_opencv_on_one_thread():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
     assert out.stdout.strip() == "1"
+
+
+class _Stop(Exception):
+    """Stands for a crash in the middle of a fold."""
+
+
+def test_a_callback_stops_training_after_epoch_one(images, tmp_path):
+    """A sweep's pruning is a callback on `on_epoch_end` that sets `should_stop`; the loop is untouched."""
+    from toolkit.train import Callback, train
+
+    class Prune(Callback):
+        def on_epoch_end(self, trainer, state, row, val):
+            if state.epoch >= 1:
+                state.should_stop = True
+
+    recipe = load_recipe(write_recipe(tmp_path / "r.toml", images, train={"epochs": 4}, split={"folds": 2}))
+    run = train(recipe, runs_root=tmp_path / "runs", folds="0", callbacks=[Prune()], progress=False)
+    metrics = pd.read_csv(run.path / "metrics.csv")
+    assert metrics["epoch"].tolist() == [0, 1]
+    done = json.loads((run.path / "folds/0/done.json").read_text())
+    assert done["epochs_run"] == 2
+    assert run.status == "finished" and (run.path / "oof.parquet").is_file()
+
+
+def test_resume_skips_finished_folds_and_restores_callback_state(images, tmp_path):
+    """Fold 0 finishes (its state is removed), fold 1 crashes in epoch 1; resume skips fold 0, continues fold 1
+    from its saved epoch 0 with the callbacks' saved state, and ends where an uninterrupted run ends."""
+    from toolkit.progress import PlainProgress
+    from toolkit.train import Callback, train
+
+    class Counter(Callback):
+        """Counts epochs across folds; its count is saved with the training state."""
+
+        def __init__(self, crash_at: tuple[int, int] | None = None) -> None:
+            self.epochs, self.crash_at, self.restored = 0, crash_at, None
+
+        def on_epoch_end(self, trainer, state, row, val):
+            if (state.fold, state.epoch) == self.crash_at:
+                raise _Stop
+            self.epochs += 1
+
+        def state_dict(self):
+            return {"epochs": self.epochs}
+
+        def load_state_dict(self, state):
+            self.epochs = self.restored = state["epochs"]
+
+    recipe = load_recipe(write_recipe(tmp_path / "r.toml", images, train={"epochs": 3, "patience": 5},
+                                      split={"folds": 2}))
+    full = train(recipe, runs_root=tmp_path / "full", callbacks=[Counter()], progress=False)
+
+    with pytest.raises(_Stop):
+        train(recipe, runs_root=tmp_path / "cut", callbacks=[Counter(crash_at=(1, 1))], progress=False)
+    cut = _only_run(tmp_path / "cut")
+    assert json.loads((cut / "run.json").read_text())["status"] == "failed"
+    assert (cut / "folds/0/done.json").is_file() and not (cut / "folds/0/state").exists()
+    assert (cut / "folds/1/state/progress.json").is_file() and not (cut / "folds/1/done.json").exists()
+    finished_at = (cut / "folds/0/model.safetensors").stat().st_mtime_ns
+
+    lines = io.StringIO()
+    counter = Counter()
+    run = train(recipe, runs_root=tmp_path / "cut", resume=cut.name, callbacks=[counter],
+                progress=PlainProgress(stream=lines))
+    assert run.path == cut and run.status == "finished"
+    assert "fold 0: already finished, skipped" in lines.getvalue()
+    assert "fold 1: resumed after epoch 0" in lines.getvalue()
+    assert counter.restored == 4  # fold 0's three epochs and fold 1's first, as saved after that epoch
+    assert (cut / "folds/0/model.safetensors").stat().st_mtime_ns == finished_at
+    assert not (cut / "folds/1/state").exists()
+    pd.testing.assert_frame_equal(_metrics(cut), _metrics(full.path))
+    pd.testing.assert_frame_equal(pd.read_parquet(cut / "oof.parquet"), pd.read_parquet(full.path / "oof.parquet"))
+
+
+def test_keep_state_keeps_a_finished_folds_state(images, tmp_path):
+    from toolkit.train import train
+
+    recipe = load_recipe(write_recipe(tmp_path / "r.toml", images, train={"keep_state": True}, split={"folds": 2}))
+    run = train(recipe, runs_root=tmp_path / "runs", folds="0", progress=False)
+    saved = json.loads((run.path / "folds/0/state/progress.json").read_text())
+    assert saved["progress"]["epoch"] == 0 and (run.path / "folds/0/done.json").is_file()
+
+
+def test_plain_progress_reports_every_log_every_steps(images, tmp_path):
+    from toolkit.progress import PlainProgress
+    from toolkit.train import train
+
+    # 24 training images at batch 8: 3 steps per epoch; a line every 2 steps → one per epoch
+    recipe = load_recipe(write_recipe(tmp_path / "r.toml", images, train={"epochs": 2, "log_every": 2},
+                                      split={"folds": 3}))
+    out = io.StringIO()
+    train(recipe, runs_root=tmp_path / "runs", folds="0", progress=PlainProgress(stream=out))
+    lines = out.getvalue().splitlines()
+    steps = [line for line in lines if " step " in line]
+    assert [line.split(" loss ")[0] for line in steps] == ["fold 0 epoch 1/2 step 2/3", "fold 0 epoch 2/2 step 2/3"]
+    assert sum(line.startswith("fold 0 epoch 0 | train_loss") for line in lines) == 1
+
+
+def test_plain_and_null_progress():
+    from toolkit.progress import NullProgress, PlainProgress, Progress
+
+    out = io.StringIO()
+    progress = PlainProgress(stream=out)
+    assert isinstance(progress, Progress) and isinstance(NullProgress(), Progress)
+    task = progress.task("pass", 10, every=4)
+    for _ in range(5):
+        task.advance(2, "ok")
+    task.close()
+    progress.task("bars only", 3).advance(3)
+    progress.log("done")
+    assert out.getvalue().splitlines() == ["pass step 4/10 ok", "pass step 8/10 ok", "done"]
+
+
+def test_summary_table_shows_the_selection_metric_once(capsys):
+    from toolkit.cli.train import _print_summary
+
+    class FakeRun:
+        path = "runs/x"
+        summary = {"metric": "macro_f1", "folds": {"0": {"best_epoch": 1, "best_score": 0.9,
+                                                          "metrics": {"accuracy": 0.95, "macro_f1": 0.9}}},
+                   "cv": {"macro_f1": {"mean": 0.9, "std": 0.0}, "accuracy": {"mean": 0.95, "std": 0.0}}}
+
+    _print_summary(FakeRun())
+    out = capsys.readouterr().out
+    header = out.splitlines()[0]
+    assert header.split() == ["fold", "best", "epoch", "macro_f1", "accuracy"]
+    assert out.count("CV macro_f1") == 1 and out.count("CV accuracy") == 1

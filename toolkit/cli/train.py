@@ -24,44 +24,36 @@ def train(
     Example: clsctl train --recipe recipes/quickstart.toml --set train.epochs=3 --folds 0
     Also: accelerate launch -m toolkit train --recipe recipes/convnext_ls.toml
     """
-    from toolkit.config import load_recipe
-    from toolkit.errors import UsageError
+    from toolkit.cli.progress import progress_display
+    from toolkit.train.api import run_training
 
-    if resume is not None:
-        if recipe is not None or set_:
-            raise UsageError("--resume continues a run with its own recipe", "drop --recipe and --set when resuming")
-        from toolkit.train.trainer import resume_recipe
+    with progress_display() as progress:
+        run = run_training(recipe, set_ or [], folds=folds, name=name, resume=resume, runs_root=runs,
+                           progress=progress)
+    from accelerate import PartialState
 
-        resolved = resume_recipe(resume, runs)
-    else:
-        if recipe is None:
-            raise UsageError("no recipe given", "pass --recipe R.toml (recipes/quickstart.toml is a start)")
-        resolved = load_recipe(recipe, set_ or [])
-
-    from toolkit.train.trainer import Trainer
-
-    run = Trainer(resolved, runs_root=runs, name=name, folds=folds, resume=resume).run()
-    _print_summary(run)
+    if PartialState().is_main_process:  # under `accelerate launch` every process gets here; one reports
+        _print_summary(run)
 
 
-def _print_summary(run) -> None:  # noqa: ANN001
+def _print_summary(run) -> None:  # noqa: ANN001 - toolkit.store.Run
     from rich.console import Console
     from rich.table import Table
 
-    from toolkit.store import Run
-
-    if not isinstance(run, Run) or not run.file("summary.json").is_file():
-        return
     summary = run.summary
+    if not summary:
+        return
+    metric = summary.get("metric", "score")
     console = Console()
-    table = Table("fold", "best epoch", summary.get("metric", "score"), "accuracy", "macro_f1", box=None)
+    # The selection metric has its own column; accuracy and macro-F1 follow unless one of them is it.
+    others = [m for m in ("accuracy", "macro_f1") if m != metric]
+    table = Table("fold", "best epoch", metric, *others, box=None)
     for k, res in summary.get("folds", {}).items():
         m = res.get("metrics", {})
-        table.add_row(str(k), str(res.get("best_epoch")), _fmt(res.get("best_score")), _fmt(m.get("accuracy")),
-                      _fmt(m.get("macro_f1")))
+        table.add_row(str(k), str(res.get("best_epoch")), _fmt(res.get("best_score")), *(_fmt(m.get(o)) for o in others))
     console.print(table)
     cv = summary.get("cv", {})
-    for key in dict.fromkeys((summary.get("metric"), "accuracy", "macro_f1")):
+    for key in dict.fromkeys((metric, *others)):
         if key in cv:
             console.print(f"CV {key}: {cv[key]['mean']:.4f} ± {cv[key]['std']:.4f}")
     console.print(f"run: {run.path}")

@@ -179,6 +179,7 @@ class TrainConfig:
     ema_validate: bool = _f(True, "validate and checkpoint the EMA weights (false: the raw weights)")
     log_with: list[str] = _f(list, "trackers: tensorboard, wandb, mlflow", factory=True)
     log_every: int = _f(50, "steps between plain progress lines when not on a terminal")
+    keep_state: bool = _f(False, "keep a finished fold's resume state (folds/<k>/state/); by default it is removed")
 
 
 @dataclass(frozen=True)

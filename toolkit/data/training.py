@@ -1,15 +1,21 @@
-"""From a recipe to what the trainer needs: the manifest, targets per head, class lists and folds."""
+"""From a recipe to what the trainer needs: the manifest, targets per head, class lists and folds.
+
+numpy and pandas are imported where they are used, so :func:`check_data_source` answers before any
+heavy library loads.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import pandas as pd
-
-from toolkit.config.schema import Recipe
+from toolkit.config.schema import DataConfig, Recipe
 from toolkit.errors import DataError, RecipeError, UsageError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
 
 RESERVED_COLUMNS = ("id", "path", "fold", "label", "pred")
 
@@ -32,10 +38,14 @@ class TrainingData:
 
     @property
     def fold_ids(self) -> list[int]:
+        import numpy as np
+
         return sorted(int(f) for f in np.unique(self.folds) if f >= 0)
 
     def class_counts(self, rows: np.ndarray, head: int = 0) -> list[int]:
         """Members of each class of ``head`` among ``rows``."""
+        import numpy as np
+
         n = len(self.classes[self.heads[head]])
         return np.bincount(self.targets[rows, head], minlength=n).tolist()
 
@@ -47,6 +57,9 @@ def _row_ids(df: pd.DataFrame) -> list[str]:
 
 
 def _folds(df: pd.DataFrame, recipe: Recipe, label: str) -> np.ndarray:
+    import numpy as np
+    import pandas as pd
+
     split = recipe.split
     if split.fold_column in df.columns:
         values = pd.to_numeric(df[split.fold_column], errors="coerce")
@@ -63,20 +76,32 @@ def _folds(df: pd.DataFrame, recipe: Recipe, label: str) -> np.ndarray:
     return np.asarray(folds, dtype=np.int64)
 
 
+def check_data_source(data: DataConfig) -> None:
+    """The recipe names labeled data to train on (checked without reading it).
+
+    Raises:
+        RecipeError: Neither ``data.root`` nor ``data.manifest`` is set, or the data is unlabeled.
+    """
+    if not (data.root or data.manifest):
+        raise RecipeError("the recipe names no data: data.root and data.manifest are both unset",
+                          'set data.root = "path/to/images" (or "builtin:digits")')
+    if data.unlabeled:
+        raise RecipeError("data.unlabeled = true: training needs labels", "point data.root at labeled data")
+
+
 def load_training_data(recipe: Recipe) -> TrainingData:
     """Read the recipe's data source, derive targets, and assign folds.
 
     Raises:
+        RecipeError: The recipe names no labeled data.
         DataError: missing columns, empty classes, unusable folds.
     """
+    import numpy as np
+
     from toolkit.data.sources import load_manifest
     from toolkit.data.targets import apply_targets, class_order, encode_labels, target_columns
 
-    if not (recipe.data.root or recipe.data.manifest):
-        raise RecipeError("the recipe names no data: data.root and data.manifest are both unset",
-                          'set data.root = "path/to/images" (or "builtin:digits")')
-    if recipe.data.unlabeled:
-        raise RecipeError("data.unlabeled = true: training needs labels", "point data.root at labeled data")
+    check_data_source(recipe.data)
     df = load_manifest(recipe.data)
     root = Path(df.attrs["root"])
     df = apply_targets(df, recipe.targets)

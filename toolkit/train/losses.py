@@ -77,6 +77,7 @@ __all__ = [
     "class_weights",
     "create_loss",
     "list_losses",
+    "multihead_loss",
     "needs_class_counts",
     "soft_target_variant",
 ]
@@ -465,3 +466,29 @@ def create_loss(cfg: LossConfig, class_counts: Sequence[int] | None = None) -> n
     comps = _components(cfg)
     losses = [_create_one(cfg, c.name, key + ".name", class_counts) for key, c in comps]
     return WeightedSumLoss(losses, [c.weight for _, c in comps], [c.name for _, c in comps])
+
+
+def multihead_loss(logits: Tensor, targets: Tensor, criteria: Sequence[nn.Module], weights: Sequence[float],
+                   head_sizes: Sequence[int]) -> Tensor:
+    """The training loss of a (multi-head) model: ``Σ_h weight_h · loss_h`` over each head's logit columns.
+
+    Args:
+        logits: ``[N, Σ head_sizes]``, the heads' logits side by side.
+        targets: Class indices ``[N]`` or ``[N, heads]``, or the soft targets ``[N, C]`` of
+            MixUp/CutMix (single head only).
+        criteria: One loss per head.
+        weights: One weight per head.
+        head_sizes: Logit columns of each head.
+    """
+    logits = logits.float()
+    if targets.is_floating_point():  # MixUp/CutMix soft targets (single head)
+        return weights[0] * criteria[0](logits, targets)
+    if targets.ndim == 1:
+        targets = targets[:, None]
+    total = logits.new_zeros(())
+    start = 0
+    for h, crit in enumerate(criteria):
+        n = head_sizes[h]
+        total = total + weights[h] * crit(logits[:, start:start + n], targets[:, h])
+        start += n
+    return total

@@ -1,11 +1,20 @@
-"""Check a recipe before any data is read or any compute is spent."""
+"""Check a recipe before any data is read or any compute is spent.
+
+:func:`check_recipe` needs nothing heavy (no torch, no timm): a recipe that names no data or asks for
+impossible values fails in the time it takes to read it. :func:`validate_recipe` resolves every name
+through timm and the registries; :func:`check_pretrained` makes sure the pretrained weights can be had
+before the data is read and decoded.
+"""
 
 from __future__ import annotations
 
 import difflib
+import os
+from pathlib import Path
 
-from toolkit.config.schema import Recipe
-from toolkit.errors import RecipeError
+from toolkit.config.schema import ModelConfig, Recipe
+from toolkit.data.training import check_data_source
+from toolkit.errors import DataError, RecipeError, ToolkitError
 
 SCHEDULERS = ("cosine", "tanh", "step", "multistep", "plateau", "poly", "constant", "wsd", "rsqrt", "none")
 
@@ -16,6 +25,16 @@ def _choice(key: str, value: str, valid: list[str] | tuple[str, ...]) -> None:
     close = difflib.get_close_matches(value, list(valid), n=1)
     raise RecipeError(f"{key}: unknown value `{value}`",
                       f"did you mean `{close[0]}`?" if close else f"choose one of {', '.join(valid)}")
+
+
+def check_recipe(recipe: Recipe) -> None:
+    """The checks that need no heavy library: a data source, sizes, head weights, MixUp's constraints.
+
+    Raises:
+        RecipeError: naming the key and how to fix it.
+    """
+    check_data_source(recipe.data)
+    _check_values(recipe)
 
 
 def validate_recipe(recipe: Recipe) -> None:
@@ -38,6 +57,10 @@ def validate_recipe(recipe: Recipe) -> None:
     metric_direction(recipe.train.metric)
     create_loss(recipe.loss, [1] * 2)
     validate_aug(recipe)
+    _check_values(recipe)
+
+
+def _check_values(recipe: Recipe) -> None:
     t = recipe.train
     for key, value, low in (("train.epochs", t.epochs, 1), ("train.batch_size", t.batch_size, 1),
                             ("train.grad_accum", t.grad_accum, 1), ("data.image_size", recipe.data.image_size, 8)):
@@ -54,3 +77,47 @@ def validate_recipe(recipe: Recipe) -> None:
                           f"set train.batch_size = {t.batch_size + 1}")
     if recipe.split.holdout is not None and not 0 < recipe.split.holdout < 1:
         raise RecipeError(f"split.holdout = {recipe.split.holdout} must lie between 0 and 1", "e.g. split.holdout = 0.2")
+
+
+def check_pretrained(cfg: ModelConfig) -> None:
+    """Fail now, not after the data is decoded, when the pretrained weights cannot be had.
+
+    ``model.pretrained_file`` must exist; hub weights need the hub to be reachable, or, with
+    ``HF_HUB_OFFLINE`` set, to be in the local hub cache already.
+
+    Raises:
+        DataError: ``model.pretrained_file`` does not exist.
+        ToolkitError: The hub cannot be reached, or offline weights are not cached.
+    """
+    from toolkit.models import check_hub_reachable
+
+    if cfg.pretrained_file:
+        if not Path(cfg.pretrained_file).is_file():
+            raise DataError(f"model.pretrained_file {cfg.pretrained_file} does not exist",
+                            "check the path (relative paths are relative to the recipe file)")
+        return
+    if not cfg.pretrained:
+        return
+    check_hub_reachable(cfg.name)
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on") and not _hub_weights_cached(cfg.name):
+        raise ToolkitError(f"pretrained weights for `{cfg.name}` are not in the local hub cache and HF_HUB_OFFLINE is set",
+                           "set model.pretrained_file = \"path/to/weights.safetensors\", or model.pretrained = false, "
+                           "or unset HF_HUB_OFFLINE to download them")
+
+
+def _hub_weights_cached(name: str) -> bool:
+    """Whether timm would find ``name``'s hub weights in the local cache (True when it cannot be told)."""
+    import timm
+
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+        from huggingface_hub import try_to_load_from_cache
+    except Exception:  # unknown tag or no huggingface_hub: timm reports it when it builds the model
+        return True
+    repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not repo:
+        return True  # weights from a plain URL: timm's own download cache decides
+    repo, _, revision = repo.partition("@")
+    # timm asks for the named file, else model.safetensors before pytorch_model.bin
+    names = [cfg.hf_hub_filename] if getattr(cfg, "hf_hub_filename", None) else ["model.safetensors", "pytorch_model.bin"]
+    return any(isinstance(try_to_load_from_cache(repo, n, revision=revision or None), str) for n in names)

@@ -1,0 +1,60 @@
+"""What a training run leaves behind: out-of-fold tables and the summary of every fold."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from toolkit.data.training import TrainingData
+from toolkit.metrics import classification_metrics, cv_summary, multihead_metrics
+from toolkit.store.tables import probability_frame
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from toolkit.config.schema import Recipe
+    from toolkit.store import Run
+
+
+def fold_oof_frame(data: TrainingData, fold: int, val_rows: np.ndarray, val: Mapping[str, Any]) -> pd.DataFrame:
+    """The out-of-fold table of one validation pass (``val`` from :func:`toolkit.train.steps.evaluate`)."""
+    rows = val_rows[val["index"]]
+    return probability_frame([data.ids[i] for i in rows], data.df["path"].to_numpy()[rows],
+                             dict(zip(data.heads, val["probs"], strict=True)), data.classes, folds=fold,
+                             labels={h: data.targets[rows, i] for i, h in enumerate(data.heads)})
+
+
+def write_oof_and_summary(run: Run, data: TrainingData, recipe: Recipe, results: Mapping[int, Mapping[str, Any]]) -> None:
+    """Join the folds' out-of-fold tables into ``oof.parquet`` (manifest order) and write ``summary.json``.
+
+    Args:
+        run: The training run.
+        data: The manifest, heads and classes trained on.
+        recipe: The recipe (its selection metric is recorded).
+        results: Fold → that fold's result (what ``done.json`` holds).
+    """
+    import pandas as pd
+
+    frames = [run.read_oof(k) for k in sorted(results) if run.has_oof(k)]
+    summary: dict[str, Any] = {
+        "metric": recipe.train.metric, "heads": data.heads, "classes": data.classes,
+        "folds": {str(k): v for k, v in results.items()},
+        "cv": cv_summary([v["metrics"] for v in results.values() if v.get("metrics")]),
+    }
+    if frames:
+        oof = pd.concat(frames, ignore_index=True)
+        order = {rid: i for i, rid in enumerate(data.ids)}
+        oof = oof.iloc[np.argsort([order[r] for r in oof["id"]], kind="stable")].reset_index(drop=True)
+        run.write_oof(oof)
+        if data.multi_head:
+            y = {h: np.array([data.classes[h].index(v) for v in oof[f"label:{h}"]]) for h in data.heads}
+            p = {h: oof[[f"{h}:{c}" for c in data.classes[h]]].to_numpy() for h in data.heads}
+            summary["oof"] = multihead_metrics(y, p, data.classes, combine=data.heads)
+        else:
+            classes = data.classes[data.heads[0]]
+            y = np.array([classes.index(v) for v in oof["label"]])
+            summary["oof"] = classification_metrics(y, oof[classes].to_numpy(), classes)
+        summary["oof_rows"] = len(oof)
+    run.update_summary(summary)
