@@ -16,6 +16,7 @@ from toolkit.train.losses import (
     class_weights,
     create_loss,
     list_losses,
+    multihead_loss,
     needs_class_counts,
     soft_target_variant,
 )
@@ -421,3 +422,17 @@ def test_bad_target_shapes():
         loss(logits(), torch.zeros(2, 4))
     with pytest.raises(ValueError, match="targets for"):
         loss(logits(), torch.tensor([0, 1, 2]))
+
+
+def test_multihead_loss_weights_each_heads_columns():
+    # Head a: the first three columns (targets 0, 2); head b: the last two (targets 1, 0).
+    z = torch.tensor([[2.0, 0.0, -1.0, 0.3, -0.2], [0.5, 1.0, 0.0, -1.0, 1.5]])
+    targets = torch.tensor([[0, 1], [2, 0]])
+    ce = CrossEntropyLoss()
+    total = multihead_loss(z, targets, [ce, ce], [1.0, 0.5], [3, 2])
+    expected = F.cross_entropy(z[:, :3], targets[:, 0]) + 0.5 * F.cross_entropy(z[:, 3:], targets[:, 1])
+    assert torch.allclose(total, expected)
+    # one head with a flat target vector, and MixUp's soft targets, take the single-head path
+    assert torch.allclose(multihead_loss(logits(), hard(), [ce], [2.0], [3]), 2 * F.cross_entropy(logits(), hard()))
+    soft_ce = create_loss(LossConfig(name="soft_ce"))
+    assert torch.allclose(multihead_loss(logits(), soft(SOFT), [soft_ce], [1.0], [3]), soft_ce(logits(), soft(SOFT)))

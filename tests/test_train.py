@@ -541,3 +541,23 @@ def test_summary_table_shows_the_selection_metric_once(capsys):
     header = out.splitlines()[0]
     assert header.split() == ["fold", "best", "epoch", "macro_f1", "accuracy"]
     assert out.count("CV macro_f1") == 1 and out.count("CV accuracy") == 1
+
+
+def test_terminal_display_runs_bars_and_logs_above_them(capsys):
+    from toolkit.cli.progress import RichProgress, progress_display
+    from toolkit.progress import PlainProgress
+
+    with progress_display(terminal=False) as plain:
+        assert isinstance(plain, PlainProgress)
+    with progress_display(terminal=True) as display:
+        assert isinstance(display, RichProgress)
+        folds = display.task("folds", 2)
+        batches = display.task("fold 0 epoch 1/1", 3, every=1)
+        batches.advance(3, "loss 0.1")
+        display.log("fold 0 epoch 0 | train_loss 0.1000")
+        batches.close()
+        batches.close()  # closing twice is harmless
+        assert display.open == 1 and display.bars.live.is_started
+        folds.advance(1)
+    assert not display.bars.live.is_started  # an open task does not keep the display alive
+    assert "fold 0 epoch 0 | train_loss 0.1000" in capsys.readouterr().out

@@ -203,14 +203,14 @@ class Trainer:
                 results[k] = done
                 self.progress.log(f"fold {k}: already finished, skipped")
                 continue
-            results[k] = self.train_fold(k)
+            results[k] = self._train_fold(k)
             accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             write_oof_and_summary(run, self.data, self.recipe, results)
         accelerator.wait_for_everyone()
 
     # ------------------------------------------------------------------ one fold
-    def train_fold(self, k: int) -> dict[str, Any]:
+    def _train_fold(self, k: int) -> dict[str, Any]:
         """Train fold ``k`` from its start or its saved state; return its result (``done.json``)."""
         accelerator, recipe, run = self.accelerator, self.recipe, self.folder
         tcfg = recipe.train
