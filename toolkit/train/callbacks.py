@@ -9,7 +9,9 @@ Fabric's ``call("hook", **kw)``)::
                                              validation result (metrics, probs, index, targets)
     on_fold_end(trainer, state, result)      the fold is finished (``result`` is done.json)
 
-A callback stops training by setting ``state.should_stop = True`` (the fold ends after the current
+``trainer`` is the running :class:`toolkit.train.trainer.Trainer` (its ``recipe``, ``accelerator``,
+``data``, ``folder`` — the run, which writes every run file — and ``progress``); ``state`` is the
+fold's :class:`~toolkit.train.state.FoldState`. A callback stops training by setting ``state.should_stop = True`` (the fold ends after the current
 epoch, and counts as finished). What :meth:`Callback.state_dict` returns is saved as JSON beside
 Accelerate's state after every epoch and handed back to :meth:`Callback.load_state_dict` on resume.
 
