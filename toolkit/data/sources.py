@@ -425,3 +425,20 @@ def manifest_from_path(
     if group is not None:
         _copy_group(df, group, "name one of those columns, or leave --group out")
     return df
+
+
+def row_ids(df: pd.DataFrame, *, stems: bool = False) -> list[str]:
+    """One id per manifest row, as text: what out-of-fold tables and prediction sets are keyed by.
+
+    The manifest's ``id`` column when it is filled and unique; else, with ``stems``, the file names
+    without suffix when those are unique (what competitions' sample submissions list); else the relative
+    paths. Training keys its out-of-fold rows without ``stems``, so runs trained on the same manifest
+    always align by id; prediction sets use ``stems``.
+    """
+    if "id" in df.columns and df["id"].notna().all() and df["id"].astype(str).is_unique:
+        return df["id"].astype(str).tolist()
+    if stems:
+        names = [Path(str(p)).stem for p in df["path"]]
+        if len(set(names)) == len(names):
+            return names
+    return df["path"].astype(str).tolist()

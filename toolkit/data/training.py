@@ -50,12 +50,6 @@ class TrainingData:
         return np.bincount(self.targets[rows, head], minlength=n).tolist()
 
 
-def _row_ids(df: pd.DataFrame) -> list[str]:
-    if "id" in df.columns and df["id"].is_unique and df["id"].notna().all():
-        return df["id"].astype(str).tolist()
-    return df["path"].astype(str).tolist()
-
-
 def _folds(df: pd.DataFrame, recipe: Recipe, label: str) -> np.ndarray:
     import numpy as np
     import pandas as pd
@@ -98,7 +92,7 @@ def load_training_data(recipe: Recipe) -> TrainingData:
     """
     import numpy as np
 
-    from toolkit.data.sources import load_manifest
+    from toolkit.data.sources import load_manifest, row_ids
     from toolkit.data.targets import apply_targets, class_order, encode_labels, target_columns
 
     check_data_source(recipe.data)
@@ -118,7 +112,7 @@ def load_training_data(recipe: Recipe) -> TrainingData:
     _check_images(df, root)
     folds = _folds(df, recipe, heads[0])
     df = df.reset_index(drop=True)
-    data = TrainingData(df=df, root=root, heads=heads, classes=classes, targets=targets, folds=folds, ids=_row_ids(df))
+    data = TrainingData(df=df, root=root, heads=heads, classes=classes, targets=targets, folds=folds, ids=row_ids(df))
     if not data.fold_ids:
         raise DataError("no fold holds validation rows", "run `clsctl split` or set split.folds / split.holdout")
     return data

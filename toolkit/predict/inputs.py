@@ -50,16 +50,6 @@ class PredictionInput:
         return [str(self.root / p) for p in self.df["path"]]
 
 
-def _ids(df: pd.DataFrame) -> list[str]:
-    """The manifest's ``id`` column when unique, else file stems when unique, else relative paths."""
-    if "id" in df.columns and df["id"].notna().all() and df["id"].astype(str).is_unique:
-        return df["id"].astype(str).tolist()
-    stems = [Path(p).stem for p in df["path"]]
-    if len(set(stems)) == len(stems):
-        return stems
-    return df["path"].astype(str).tolist()
-
-
 def _labels(df: pd.DataFrame, heads: list[str], classes: dict[str, list[str]], where: str,
             strict: bool) -> dict[str, np.ndarray]:
     """Class indices per head when every head column is present; {} otherwise."""
@@ -95,7 +85,7 @@ def read_input(data: str | Path, recipe: Recipe, heads: list[str], classes: dict
     Raises:
         DataError: missing data, no images, bad manifest, labels with unknown class names.
     """
-    from toolkit.data.sources import manifest_from_path
+    from toolkit.data.sources import manifest_from_path, row_ids
     from toolkit.data.targets import apply_targets
 
     path = Path(os.path.abspath(os.path.expanduser(os.fspath(data))))
@@ -125,7 +115,7 @@ def read_input(data: str | Path, recipe: Recipe, heads: list[str], classes: dict
         derived = df  # columns that look like targets but do not derive cleanly: predict without scoring
     targets = _labels(derived, heads, classes, str(path), strict=source != "folder")
     df = df.reset_index(drop=True)
-    ids = _ids(df)
+    ids = row_ids(df, stems=True)
     df = df.drop(columns=["id"]) if "id" in df.columns else df
     df.insert(0, "id", ids)
     if not df["id"].is_unique:

@@ -9,7 +9,8 @@
     metrics.csv       one row per (fold, epoch)                  append_metrics() / read_metrics() / replace_fold_metrics()
     summary.json      headline numbers                           summary / update_summary()
     oof.parquet       out-of-fold probabilities                  write_oof() / read_oof()   (also folds/<k>/oof.parquet)
-    folds/<k>/        model.safetensors + model.json (models/), best.json, done.json, state/
+    folds/<k>/        model.safetensors + model.json (models/), best.json, done.json,
+                      state/ (Accelerate's state + progress.json + ema.safetensors; staged, then swapped in)
     predictions/      <name>.parquet, <name>.csv, <name>.json, <name>.tta.json   write_predictions() / read_predictions()
 
 :class:`RunFiles` is mixed into :class:`toolkit.store.run.Run`; no other package opens a run file by name.
@@ -47,6 +48,9 @@ SUMMARY_JSON = "summary.json"
 OOF_PARQUET = "oof.parquet"
 PREDICTIONS = "predictions"
 CHECKPOINT = "model.safetensors"
+# Inside folds/<k>/: a training state is written to STATE_TMP, then swapped in as STATE.
+STATE, STATE_OLD, STATE_TMP = "state", "state.old", "state.tmp"
+STATE_COUNTERS, STATE_EMA = "progress.json", "ema.safetensors"
 # A prediction set's name becomes a file name inside predictions/: no separators, no leading dot.
 _SET_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 
@@ -295,15 +299,53 @@ class RunFiles:
 
     def fold_state_dir(self, fold: int) -> Path | None:
         """The fold's last saved training state (for resume), or None."""
-        for name in ("state", "state.old"):  # state.old survives a crash in the middle of a swap
+        for name in (STATE, STATE_OLD):  # state.old survives a crash in the middle of a swap
             candidate = self.fold_dir(fold) / name
             if candidate.is_dir():
                 return candidate
         return None
 
+    def staged_state_dir(self, fold: int, *, clear: bool = False) -> Path:
+        """Where the next training state of a fold is written before :meth:`commit_state_dir` swaps it in.
+
+        Args:
+            fold: The fold.
+            clear: Remove what a crashed save left there (the main process only, before the others write).
+        """
+        staged = self.fold_dir(fold) / STATE_TMP
+        if clear and staged.exists():
+            shutil.rmtree(staged)
+        return staged
+
+    def commit_state_dir(self, fold: int) -> Path:
+        """Make the staged state the fold's state; at no moment is there neither (state.old bridges the swap)."""
+        fold_dir = self.fold_dir(fold)
+        final, old = fold_dir / STATE, fold_dir / STATE_OLD
+        if old.exists():
+            shutil.rmtree(old)
+        if final.exists():
+            final.rename(old)
+        (fold_dir / STATE_TMP).rename(final)
+        if old.exists():
+            shutil.rmtree(old)
+        return final
+
+    def write_state_counters(self, state_dir: Path, counters: Mapping[str, Any]) -> None:
+        """The JSON part of a training state (progress counters, scheduler, callbacks): nothing is pickled."""
+        atomic_write_json(state_dir / STATE_COUNTERS, dict(counters))
+
+    def read_state_counters(self, state_dir: Path) -> dict[str, Any]:
+        """What :meth:`write_state_counters` wrote."""
+        return read_json(state_dir / STATE_COUNTERS)
+
+    @staticmethod
+    def ema_weights_path(state_dir: Path) -> Path:
+        """Where a training state keeps its EMA weights (safetensors)."""
+        return state_dir / STATE_EMA
+
     def remove_fold_state(self, fold: int) -> None:
         """Delete a fold's resume state (the optimizer alone is twice the model) once it has finished."""
-        for name in ("state", "state.old", "state.tmp"):
+        for name in (STATE, STATE_OLD, STATE_TMP):
             shutil.rmtree(self.fold_dir(fold) / name, ignore_errors=True)
 
     # ------------------------------------------------------------------ predictions

@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 import os
 import random
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,18 +32,13 @@ from toolkit.data.training import bad_images_error, load_training_data, parse_fo
 from toolkit.errors import RunError
 from toolkit.progress import NullProgress, PlainProgress, Progress
 from toolkit.runtime import cores, make_accelerator
-from toolkit.store import Run, RunStore, read_json
+from toolkit.store import Run, RunStore
 from toolkit.train.callbacks import HOOKS, Callback, default_callbacks
 from toolkit.train.loaders import fold_loaders, fold_seed
 from toolkit.train.results import write_oof_and_summary
 from toolkit.train.state import FoldState
 from toolkit.train.steps import evaluate, flat_metrics, train_epoch
 from toolkit.train.validate import check_pretrained, check_recipe, validate_recipe
-
-# Inside folds/<k>/: Accelerate's state is written to STATE_TMP, then swapped in as STATE, so a crash
-# never leaves neither (the store reads STATE, or STATE.old after a crash mid-swap).
-STATE, STATE_TMP = "state", "state.tmp"
-COUNTERS_JSON, EMA_WEIGHTS = "progress.json", "ema.safetensors"
 
 
 class Trainer:
@@ -142,7 +136,7 @@ class Trainer:
             if run is None:
                 run = store.create("train", name=self.name, recipe=recipe, seed=recipe.train.seed,
                                    data_fingerprint=manifest_fingerprint(data.df, data.root),
-                                   extra={"folds": self.folds, "heads": data.heads,
+                                   extra={"folds": self.folds, "heads": data.heads, "data_root": str(data.root),
                                           "num_processes": accelerator.num_processes})
             path_holder = [str(run.path)]
         if accelerator.num_processes > 1:
@@ -339,27 +333,22 @@ class Trainer:
     # ------------------------------------------------------------------ saved state (resume)
     def _save_state(self, state: FoldState) -> None:
         """Save Accelerate's state, the EMA weights, the fold's counters and the callbacks' state."""
-        accelerator = self.accelerator
-        fold_dir = self.folder.fold_dir(state.fold)
-        tmp = fold_dir / STATE_TMP
-        if accelerator.is_main_process and tmp.exists():
-            shutil.rmtree(tmp)
+        accelerator, run = self.accelerator, self.folder
+        tmp = run.staged_state_dir(state.fold, clear=accelerator.is_main_process)
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            from toolkit.store import atomic_write_json
-
             if state.ema is not None:
                 from safetensors.torch import save_file
 
                 weights = {k: v.detach().cpu().contiguous() for k, v in state.ema.module.state_dict().items()}
-                save_file(weights, str(tmp / EMA_WEIGHTS))
+                save_file(weights, str(run.ema_weights_path(tmp)))
             scheduler = state.scheduler.state_dict() if state.scheduler is not None else None
             callbacks = {cb.state_key: saved for cb in self.callbacks if (saved := cb.state_dict())}
-            atomic_write_json(tmp / COUNTERS_JSON, {"progress": state.state_dict(), "scheduler": scheduler,
-                                                    "callbacks": callbacks})
-            _swap_dir(tmp, fold_dir / STATE)
+            run.write_state_counters(tmp, {"progress": state.state_dict(), "scheduler": scheduler,
+                                           "callbacks": callbacks})
+            run.commit_state_dir(state.fold)
         accelerator.wait_for_everyone()
 
     def _load_state(self, state: FoldState) -> None:
@@ -368,11 +357,11 @@ class Trainer:
         # Accelerate loads model/optimizer/RNG with weights_only=True; our own state is JSON, so
         # resuming never unpickles arbitrary objects (custom objects would be unpickled in full).
         self.accelerator.load_state(str(saved_dir))
-        saved = read_json(saved_dir / COUNTERS_JSON)
+        saved = self.folder.read_state_counters(saved_dir)
         if state.ema is not None:
             from safetensors.torch import load_file
 
-            state.ema.module.load_state_dict(load_file(str(saved_dir / EMA_WEIGHTS)))
+            state.ema.module.load_state_dict(load_file(str(self.folder.ema_weights_path(saved_dir))))
         state.load_state_dict(saved["progress"])
         if state.scheduler is not None and saved.get("scheduler") is not None:
             state.scheduler.load_state_dict(saved["scheduler"])
@@ -406,18 +395,6 @@ def _better(metric: str, new: float, best: float) -> bool:
     from toolkit.metrics import is_better
 
     return is_better(metric, new, best)
-
-
-def _swap_dir(tmp: Path, final: Path) -> None:
-    """Replace directory ``final`` by ``tmp`` so that a crash never leaves neither."""
-    old = final.with_name(final.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    if old.exists():
-        shutil.rmtree(old)
 
 
 def _flat_config(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
