@@ -1,6 +1,6 @@
 """Progress reporting: the small interface long-running library code reports through.
 
-Library code (training now; prediction and eda can follow) opens tasks and logs lines through a
+Library code (training, prediction, eda) opens tasks and logs lines through a
 :class:`Progress`; it never draws anything itself. The CLI owns the one display (bars on a terminal,
 see ``toolkit.cli.progress``); library callers get :class:`PlainProgress`, one line at a time, or
 :class:`NullProgress`, nothing at all. Nothing heavy is imported here.
@@ -94,3 +94,13 @@ class NullProgress:
 
     def log(self, line: str) -> None:
         pass
+
+
+def as_progress(value: Progress | bool | None) -> Progress:
+    """A library call's ``progress`` argument as a :class:`Progress`: a display as given, ``True`` for
+    plain lines, ``None`` or ``False`` for nothing (a quiet library call)."""
+    if value is None or value is False:
+        return NullProgress()
+    if value is True:
+        return PlainProgress()
+    return value

@@ -39,10 +39,13 @@ def eda(
 
     Example: clsctl eda data/train --out eda/train --seed 0
     """
+    from toolkit.cli.progress import progress_display
     from toolkit.report.eda import eda_from_path
 
-    report, out_dir = eda_from_path(data, manifest=manifest, pattern=pattern, group=group, out=out, workers=workers,
-                                    thumbs=thumbs, seed=seed, near_dup_distance=distance)
+    with progress_display() as progress:
+        report, out_dir = eda_from_path(data, manifest=manifest, pattern=pattern, group=group, out=out,
+                                        workers=workers, thumbs=thumbs, seed=seed, near_dup_distance=distance,
+                                        progress=progress)
     _print(report, out_dir)
 
 

@@ -46,10 +46,13 @@ def predict(
 
     Also: accelerate launch -m toolkit predict RUN data/test (shards the images over the processes)
     """
+    from toolkit.cli.progress import progress_display
     from toolkit.predict import predict as run_predict
 
-    result = run_predict(run, data, tta=tta, folds=folds, name=name, sample_submission=sample_submission,
-                         combine=combine, batch_size=batch_size, runs_root=runs, root=root, workers=workers)
+    with progress_display() as progress:
+        result = run_predict(run, data, tta=tta, folds=folds, name=name, sample_submission=sample_submission,
+                             combine=combine, batch_size=batch_size, runs_root=runs, root=root, workers=workers,
+                             progress=progress)
     if result.main:
         _print(result)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import random
-import sys
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -26,6 +25,7 @@ from toolkit.imaging.decode import load_image_array
 from toolkit.metrics import is_better
 from toolkit.models.checkpoint import FoldModel, ModelRecord
 from toolkit.predict.tta import Pipeline, View, apply_op, view_sizes
+from toolkit.progress import NullProgress, Progress, as_progress
 from toolkit.runtime import make_accelerator, predict_loader_workers
 from toolkit.store import Run
 
@@ -169,39 +169,16 @@ def _merge_passes(outs: torch.Tensor, sizes: Sequence[int], combine: str) -> tor
 
 
 # --------------------------------------------------------------------------- the loop
-class _Bar:
-    """A rich progress bar on a terminal (main process only); silent otherwise."""
-
-    def __init__(self, enabled: bool | None, main: bool, title: str, total: int) -> None:
-        self.bar = None
-        show = sys.stdout.isatty() if enabled is None else enabled
-        if main and show and total > 0:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeRemainingColumn(), transient=True)
-            self.task = self.bar.add_task(title, total=total)
-            self.bar.start()
-
-    def advance(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, advance=n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
 class Inference:
     """Runs fold models × views over images; see :meth:`run`."""
 
     def __init__(self, accelerator=None, *, batch_size: int = 64, workers: int | None = None,  # noqa: ANN001
-                 progress: bool | None = None, channels_last: bool = False) -> None:
+                 progress: Progress | bool | None = None, channels_last: bool = False) -> None:
         self.accelerator = accelerator if accelerator is not None else make_accelerator()
         self.batch_size = max(1, int(batch_size))
         self.chunk = self.batch_size
         self.workers = predict_loader_workers(workers, self.accelerator.num_processes, self.accelerator.device.type)
-        self.progress = progress
+        self.progress = as_progress(progress) if self.accelerator.is_main_process else NullProgress()
         self.channels_last = channels_last
         self.images_seen = 0
 
@@ -293,7 +270,7 @@ class Inference:
         n_total = sum(sizes)
         out = np.zeros((len(models), len(views), len(paths), n_total), dtype=np.float32)
         filled = np.zeros(len(paths), dtype=bool)
-        bar = _Bar(self.progress, accelerator.is_main_process, title, len(paths))
+        bar = self.progress.task(title, len(paths))
         try:
             for batch, index in loader:
                 batch = {key: normalize(x, self.device) for key, x in batch.items()}

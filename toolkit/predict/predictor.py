@@ -30,6 +30,7 @@ from toolkit.models.checkpoint import FoldModel, load_fold_model
 from toolkit.predict.engine import Inference, check_input_sizes, combine_views, select_folds
 from toolkit.predict.inputs import PredictionInput, read_input
 from toolkit.predict.tta import AUTO_POLICIES, build_views, parse_tta, spec_slug, view_sizes
+from toolkit.progress import Progress
 from toolkit.store import Run, RunStore, slugify
 from toolkit.store.tables import probability_frame
 
@@ -246,7 +247,7 @@ def default_name(data_name: str, views: Sequence[str], folds: Sequence[int], all
 def predict(run, data: str | Path, *, tta: str | Sequence[str] | None = None, folds: str | int | None = "all",  # noqa: ANN001, C901
             name: str | None = None, sample_submission: str | Path | None = None, combine: str | None = None,
             batch_size: int | None = None, runs_root: str | Path | None = None, root: str | Path | None = None,
-            workers: int | None = None, progress: bool | None = None, accelerator=None,  # noqa: ANN001
+            workers: int | None = None, progress: Progress | bool | None = None, accelerator=None,  # noqa: ANN001
             write: bool = True) -> PredictResult:
     """Predict ``data`` with a run's fold models and TTA views; write the prediction set into the run.
 
@@ -262,7 +263,7 @@ def predict(run, data: str | Path, *, tta: str | Sequence[str] | None = None, fo
         runs_root: where run ids are looked up.
         root: folder a manifest's paths are relative to (default: the manifest's folder).
         workers: data-loader workers (default: the cores left after one for the model).
-        progress: show a progress bar (default: on a terminal).
+        progress: where progress goes (the CLI's display; True: plain lines; None/False: nothing).
         accelerator: an ``accelerate.Accelerator`` to use (one is made otherwise).
         write: write the files (False: only return the result).
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +33,7 @@ from toolkit.data.eda_pass import THUMB_SIDE
 from toolkit.errors import ImageError
 from toolkit.imaging.decode import load_image
 from toolkit.imaging.duplicates import DEFAULT_NEAR_DISTANCE
+from toolkit.progress import Progress, as_progress
 from toolkit.report.html import PageFiles
 from toolkit.store.tables import write_table
 
@@ -54,34 +54,6 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("_") or "x"
 
 
-class _Progress:
-    """A rich progress bar on stderr when it is a terminal; otherwise nothing."""
-
-    def __init__(self, total: int, enabled: bool, description: str) -> None:
-        self._bar = None
-        if enabled and total > 0 and sys.stderr.isatty():
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-            self._bar = Progress("[progress.description]{task.description}", BarColumn(),
-                                 MofNCompleteColumn(), TimeRemainingColumn(),
-                                 console=Console(stderr=True), transient=True)
-            self._task = self._bar.add_task(description, total=total)
-
-    def __enter__(self) -> _Progress:
-        if self._bar is not None:
-            self._bar.start()
-        return self
-
-    def advance(self, steps: int = 1) -> None:
-        if self._bar is not None:
-            self._bar.advance(self._task, steps)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-
-
 def _thumbnail(path: Path) -> Image.Image | None:
     """The image at thumbnail size, or None when it cannot be read."""
     from PIL import Image
@@ -98,7 +70,7 @@ def _thumbnail(path: Path) -> Image.Image | None:
 def run_eda(manifest_df: pd.DataFrame, root: str | os.PathLike[str] | None = None,
             out_dir: str | os.PathLike[str] = "eda", *, workers: int | None = None, thumbs: int = 8,
             seed: int | None = None, near_dup_distance: int = DEFAULT_NEAR_DISTANCE,
-            progress: bool = True) -> dict[str, Any]:
+            progress: Progress | bool | None = None) -> dict[str, Any]:
     """Analyse every image of a manifest and write the EDA folder.
 
     Args:
@@ -111,7 +83,7 @@ def run_eda(manifest_df: pd.DataFrame, root: str | os.PathLike[str] | None = Non
         seed: ``None`` shows the first ``thumbs`` images of each class (by path); an integer
             shows a sample drawn with that seed.
         near_dup_distance: Largest perceptual-hash distance (bits of 64) of a near duplicate.
-        progress: Show a progress bar when stderr is a terminal.
+        progress: Where progress goes (the CLI's display; True: plain lines; None/False: nothing).
 
     Returns:
         The content of ``eda.json`` (see :mod:`toolkit.data.eda` for its keys).
@@ -123,9 +95,12 @@ def run_eda(manifest_df: pd.DataFrame, root: str | os.PathLike[str] | None = Non
     # The arguments are checked before the folder is made, the folder before the long pass.
     check_eda_inputs(manifest_df, root, thumbs=thumbs, near_dup_distance=near_dup_distance)
     files = PageFiles(out_dir)
-    with _Progress(len(manifest_df), progress, "eda") as bar:
+    task = as_progress(progress).task("eda", len(manifest_df))
+    try:
         measured = measure_dataset(manifest_df, root, workers=workers, thumbs=thumbs, seed=seed,
-                                   near_dup_distance=near_dup_distance, progress=bar.advance)
+                                   near_dup_distance=near_dup_distance, progress=task.advance)
+    finally:
+        task.close()
     return _write(measured, files)
 
 
@@ -202,7 +177,8 @@ def _write(measured: EdaMeasurement, files: PageFiles) -> dict[str, Any]:
 def eda_from_path(data: str | os.PathLike[str], *, manifest: str | os.PathLike[str] | None = None,
                   pattern: str | None = None, group: str | None = None, out: str | os.PathLike[str] | None = None,
                   workers: int | None = None, thumbs: int = 8, seed: int | None = None,
-                  near_dup_distance: int | None = None, progress: bool = True) -> tuple[dict[str, Any], Path]:
+                  near_dup_distance: int | None = None,
+                  progress: Progress | bool | None = None) -> tuple[dict[str, Any], Path]:
     """``clsctl eda``: find out what a path holds, measure every image and write the EDA folder.
 
     Args:
@@ -217,7 +193,7 @@ def eda_from_path(data: str | os.PathLike[str], *, manifest: str | os.PathLike[s
         thumbs: Thumbnails per class (0 = none).
         seed: Show a seeded sample of each class instead of its first images.
         near_dup_distance: Largest perceptual-hash distance of a near duplicate; None = the default.
-        progress: Show a progress bar when stderr is a terminal.
+        progress: Where progress goes (see :func:`run_eda`).
 
     Returns:
         ``(eda.json content, the folder written)``.
