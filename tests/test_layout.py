@@ -94,3 +94,18 @@ def test_only_the_store_opens_run_files_by_name():
                     and node.args and isinstance(node.args[0], ast.Constant | ast.JoinedStr)):
                 offenders.append(f"{rel}:{node.lineno}")
     assert not offenders, offenders
+
+
+def test_no_private_name_is_imported_across_packages():
+    offenders = []
+    for path in PKG.rglob("*.py"):
+        rel = path.relative_to(PKG)
+        own = rel.parts[0] if len(rel.parts) > 1 else rel.stem
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if not (isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("toolkit.")):
+                continue
+            other = node.module.split(".")[1]
+            for alias in node.names:
+                if alias.name.startswith("_") and other != own:
+                    offenders.append(f"{rel}: {node.module}.{alias.name}")
+    assert not offenders, offenders
