@@ -120,8 +120,8 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from toolkit.config import load_recipe
-    from toolkit.predict import load_fold_model, parse_tta, predict
+    from toolkit.models import load_fold_model
+    from toolkit.predict import parse_tta, predict
     from toolkit.runtime import predict_loader_workers as default_workers
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -130,10 +130,8 @@ def main() -> None:
         run = make_run(base, args.model, args.size, args.batch, cache=not args.no_cache)
         data = base / "test"
         make_images(data, args.images, int(args.size * 1.25), seed=7)
-        recipe = load_recipe(run.file("recipe.toml"))
-
         def load_model():  # noqa: ANN202
-            return load_fold_model(run, 0, recipe).model
+            return load_fold_model(run, 0).model
 
         workers = default_workers(args.workers, 1, "cuda" if torch.cuda.is_available() else "cpu")
         rows = []

@@ -59,16 +59,16 @@ def test_torn_entry_is_rebuilt(tmp_path):
     assert cache.misses == 2
 
 
-def needed_short_side(recipe) -> int:
+def cache_side(recipe) -> int:
     return Preprocessing.from_recipe(recipe, mean=(0.0,), std=(1.0,)).cache_side
 
 
 def test_needed_side_follows_the_recipe():
-    assert needed_short_side(load_recipe(None, ["data.image_size=64"])) == 64
-    assert needed_short_side(load_recipe(None, ["data.image_size=64", "data.eval_size=96"])) == 96
-    assert needed_short_side(load_recipe(None, ["data.image_size=224", "aug.resize=\"center_crop\"", "aug.crop_pct=0.875"])) == 256
+    assert cache_side(load_recipe(None, ["data.image_size=64"])) == 64
+    assert cache_side(load_recipe(None, ["data.image_size=64", "data.eval_size=96"])) == 96
+    assert cache_side(load_recipe(None, ["data.image_size=224", "aug.resize=\"center_crop\"", "aug.crop_pct=0.875"])) == 256
     rrc = load_recipe(None, ["data.image_size=100", "aug.resize=\"random_resized_crop\"", "aug.scale=[0.25, 1.0]"])
-    assert needed_short_side(rrc) == 200
+    assert cache_side(rrc) == 200
 
 
 def test_loader_choice(tmp_path, monkeypatch):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-import types
 import warnings
 from pathlib import Path
 
@@ -290,21 +288,6 @@ def test_load_duplicate_pairs_from_files(tmp_path):
         load_duplicate_pairs(pd.DataFrame({"path": ["a.png"]}), hashes=tmp_path)
 
 
-def test_hash_table_without_duplicates_module_pairs_identical_files(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "toolkit.imaging.duplicates", None)  # import fails
-    hashes = pd.DataFrame({"path": ["a.png", "b.png", "c.png", "d.png"],
-                           "sha1": ["s1", "s2", "s1", "s1"]})
-    hashes.to_parquet(tmp_path / "hashes.parquet")
-    got = load_duplicate_pairs(pd.DataFrame({"path": ["a.png"]}), hashes=tmp_path)
-    assert got[["a", "b", "kind"]].values.tolist() == [["a.png", "c.png", "exact"], ["c.png", "d.png", "exact"]]
-
-
-def test_dedup_without_duplicates_module_is_a_usage_error(monkeypatch):
-    monkeypatch.setitem(sys.modules, "toolkit.imaging.duplicates", None)
-    with pytest.raises(UsageError, match="--dedup needs toolkit.imaging.duplicates"):
-        load_duplicate_pairs(pd.DataFrame({"path": ["a.png"]}))
-
-
 def test_cli_dedup_uses_the_duplicates_module(tmp_path, monkeypatch, capsys):
     calls = {}
 
@@ -316,12 +299,10 @@ def test_cli_dedup_uses_the_duplicates_module(tmp_path, monkeypatch, capsys):
         paths = hashes["path"].tolist()
         return pd.DataFrame({"a": paths[:-1], "b": paths[1:], "kind": "exact", "distance": 0})
 
-    fake = types.ModuleType("toolkit.imaging.duplicates")
-    fake.duplicate_pairs = duplicate_pairs
-    monkeypatch.setitem(sys.modules, "toolkit.imaging.duplicates", fake)
-    fake_hashing = types.ModuleType("toolkit.imaging.hashing")
-    fake_hashing.image_hashes = image_hashes
-    monkeypatch.setitem(sys.modules, "toolkit.imaging.hashing", fake_hashing)
+    from toolkit.imaging import duplicates, hashing
+
+    monkeypatch.setattr(duplicates, "duplicate_pairs", duplicate_pairs)
+    monkeypatch.setattr(hashing, "image_hashes", image_hashes)
     make_images(tmp_path / "train", {"a": 4, "b": 4})
     code = cli(["split", str(tmp_path / "train"), "--folds", "2", "--dedup", "--strict",
                 "--runs", str(tmp_path / "runs")])

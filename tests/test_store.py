@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import toolkit.store.provenance as run_mod
+import toolkit.store.provenance as provenance
 from toolkit.errors import DataError, RunError
 from toolkit.store import (
     Run,
@@ -62,7 +62,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> list[dt.datetime]:
         ticks.append(ticks[-1] + dt.timedelta(seconds=1))
         return ticks[-1]
 
-    monkeypatch.setattr(run_mod, "utcnow", now)
+    monkeypatch.setattr(provenance, "utcnow", now)
     return ticks
 
 
@@ -267,14 +267,14 @@ def test_slugify() -> None:
 
 
 def test_same_second_ids_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(run_mod, "utcnow", lambda: FIXED)
+    monkeypatch.setattr(provenance, "utcnow", lambda: FIXED)
     store = RunStore(tmp_path)
     ids = [store.create("train", name="baseline").id for _ in range(3)]
     assert ids == ["20261122-101500-baseline", "20261122-101500-2-baseline", "20261122-101500-3-baseline"]
 
 
 def _create_at_fixed_time(root: str) -> str:
-    run_mod.utcnow = lambda: FIXED  # every process in the same second: forces collisions
+    provenance.utcnow = lambda: FIXED  # every process in the same second: forces collisions
     return RunStore(root).create("train", name="baseline").id
 
 
@@ -466,7 +466,7 @@ def test_list_and_latest(populated: tuple[RunStore, dict[str, Run]]) -> None:
 def test_list_orders_same_second_runs_by_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = RunStore(tmp_path)
     moments = iter([FIXED, FIXED + dt.timedelta(milliseconds=5), FIXED + dt.timedelta(milliseconds=9)])
-    monkeypatch.setattr(run_mod, "utcnow", lambda: next(moments))
+    monkeypatch.setattr(provenance, "utcnow", lambda: next(moments))
     made = [store.create("train", name="zeta"), store.create("train", name="alpha"),
             store.create("train", name="zeta")]
     assert [r.id for r in made] == ["20261122-101500-zeta", "20261122-101500-alpha", "20261122-101500-2-zeta"]

@@ -392,16 +392,16 @@ def test_mixup_needs_even_batch(images, tmp_path):
 
 
 def test_default_loader_workers(monkeypatch):
-    from toolkit.runtime import train_loader_workers as _num_workers
+    from toolkit.runtime import train_loader_workers
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(2)))
-    assert _num_workers(None, 1, on_gpu=False) == 1  # small CPU: one worker augments beside the model
-    assert _num_workers(None, 2, on_gpu=False) == 0  # one core per process: decode in-process
-    assert _num_workers(None, 1, on_gpu=True) == 2
-    assert _num_workers(3, 1, on_gpu=False) == 3  # the recipe wins
+    assert train_loader_workers(None, 1, on_gpu=False) == 1  # small CPU: one worker augments beside the model
+    assert train_loader_workers(None, 2, on_gpu=False) == 0  # one core per process: decode in-process
+    assert train_loader_workers(None, 1, on_gpu=True) == 2
+    assert train_loader_workers(3, 1, on_gpu=False) == 3  # the recipe wins
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
-    assert _num_workers(None, 1, on_gpu=False) == 4
-    assert _num_workers(None, 2, on_gpu=True) == 8
+    assert train_loader_workers(None, 1, on_gpu=False) == 4
+    assert train_loader_workers(None, 2, on_gpu=True) == 8
 
 
 def test_loader_workers_run_opencv_on_one_thread():
@@ -410,8 +410,8 @@ def test_loader_workers_run_opencv_on_one_thread():
     import subprocess
     import sys
 
-    code = ("import cv2; cv2.setNumThreads(4); from toolkit.runtime import single_threaded_worker as _single_threaded_worker; "
-            "_single_threaded_worker(0); print(cv2.getNumThreads())")
+    code = ("import cv2; cv2.setNumThreads(4); from toolkit.runtime import single_threaded_worker; "
+            "single_threaded_worker(0); print(cv2.getNumThreads())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
     assert out.stdout.strip() == "1"

@@ -97,10 +97,10 @@ class NullProgress:
 
 
 def as_progress(value: Progress | bool | None) -> Progress:
-    """A library call's ``progress`` argument as a :class:`Progress`: a display as given, ``True`` for
-    plain lines, ``None`` or ``False`` for nothing (a quiet library call)."""
-    if value is None or value is False:
+    """A library call's ``progress`` argument as a :class:`Progress`, one rule for every call: a display as
+    given, ``None`` or ``True`` for plain lines, ``False`` for nothing at all."""
+    if value is False:
         return NullProgress()
-    if value is True:
+    if value is None or value is True:
         return PlainProgress()
     return value

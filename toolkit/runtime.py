@@ -7,6 +7,10 @@ inside the functions that need it, so importing this module stays cheap.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 _TRUE = ("1", "true", "yes", "on")
 
@@ -49,7 +53,7 @@ def mixed_precision(requested: str = "auto") -> str:
     return "no"
 
 
-def make_accelerator(precision: str = "auto", **kwargs: object):  # noqa: ANN201 - accelerate.Accelerator
+def make_accelerator(precision: str = "auto", **kwargs: Any) -> Accelerator:
     """An ``accelerate.Accelerator`` on the right device with :func:`mixed_precision` of ``precision``."""
     from accelerate import Accelerator
 

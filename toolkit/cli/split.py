@@ -50,7 +50,8 @@ def split(
                             holdout=holdout, seed=seed, out=out, dedup=dedup, hashes=hashes, strict=strict,
                             name=name, runs=runs)
     except LeakageError as exc:
-        _print(exc.result)  # the folds are recorded: show them above the error
+        if exc.result is not None:
+            _print(exc.result)  # the folds are recorded: show them above the error
         raise
     _print(result)
 

@@ -17,6 +17,7 @@ import pandas as pd
 
 from toolkit.data.folds import FOLD_COLUMN, columns_text, groups_across_folds, plain_value, require_columns
 from toolkit.errors import DataError, ToolkitError, UsageError, examples, is_missing
+from toolkit.imaging import duplicates, hashing
 from toolkit.store.tables import read_table
 
 __all__ = ["LeakageError", "audit_leakage", "leakage_message", "load_duplicate_pairs"]
@@ -139,26 +140,6 @@ def audit_leakage(
             "findings": findings, "ok": findings == 0}
 
 
-def _pairs_from_hashes(hashes: pd.DataFrame) -> pd.DataFrame:
-    try:
-        from toolkit.imaging.duplicates import duplicate_pairs
-    except ImportError:
-        duplicate_pairs = None
-    if duplicate_pairs is not None:
-        return duplicate_pairs(hashes)
-    # Without the duplicates module only byte-identical files can be paired. A chain a-b, b-c
-    # per identical set is enough for the audit: if any two members differ in fold, some
-    # neighbouring pair does.
-    if "sha1" not in hashes.columns or "path" not in hashes.columns:
-        raise DataError(f"hash table has no 'path' and 'sha1' columns (columns: {columns_text(hashes)})",
-                        "pass the hashes.parquet an eda run wrote, or a pair table with columns a, b")
-    rows = []
-    for _, paths in hashes.dropna(subset=["sha1"]).groupby("sha1", sort=True)["path"]:
-        ordered = sorted(map(str, paths))
-        rows += [(x, y, "exact", 0) for x, y in zip(ordered, ordered[1:], strict=False)]
-    return pd.DataFrame(rows, columns=["a", "b", "kind", "distance"])
-
-
 def load_duplicate_pairs(
     df: pd.DataFrame,
     *,
@@ -179,7 +160,7 @@ def load_duplicate_pairs(
 
     Raises:
         DataError: The file is missing or has neither layout.
-        UsageError: Hashes must be computed but ``toolkit.imaging.duplicates`` is not installed.
+        UsageError: Hashes must be computed but the manifest does not say where its images are.
     """
     if hashes is not None:
         path = Path(hashes)
@@ -192,19 +173,13 @@ def load_duplicate_pairs(
                            hint="check that it is a valid CSV or Parquet file")
         if {"a", "b"} <= set(table.columns):
             return table
-        return _pairs_from_hashes(table)
-    try:
-        from toolkit.imaging.duplicates import duplicate_pairs
-        from toolkit.imaging.hashing import image_hashes
-    except ImportError as exc:
-        raise UsageError("--dedup needs toolkit.imaging.duplicates, which this installation lacks",
-                         "pass --hashes <eda run>/hashes.parquet instead") from exc
+        return duplicates.duplicate_pairs(table)
     root = df.attrs.get("root")
     if root is None:
         raise UsageError("the manifest does not say where its images are (no root)",
-                         "read it with read_source or a toolkit.data.sources function")
-    table = image_hashes(df["path"].astype(str).tolist(), root, workers=workers)
-    return duplicate_pairs(table)
+                         "build it with toolkit.data.sources.manifest_from_path")
+    table = hashing.image_hashes(df["path"].astype(str).tolist(), root, workers=workers)
+    return duplicates.duplicate_pairs(table)
 
 
 def leakage_message(audit: dict[str, Any]) -> str:

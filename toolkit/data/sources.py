@@ -402,7 +402,7 @@ def manifest_from_path(
     if root is not None and (manifest is not None or pattern is not None):
         raise UsageError(f"--root {root} was given with --manifest or --pattern",
                          "with those, the data path itself is the image root")
-    source = Path(path)
+    source = absolute_root(path)
     if manifest is not None:
         df = manifest_from_table(manifest, absolute_root(source), path_column, label_column,
                                  require_label=require_label)

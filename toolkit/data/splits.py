@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SplitResult",
-    "assign_folds",  # its home is toolkit.data.folds; kept here for callers that import it from splits
     "make_split",
     "read_source",
     "write_manifest",
@@ -93,7 +92,6 @@ def read_source(
 class SplitResult:
     """What :func:`make_split` did: the manifest, where it went, and what the checks found.
 
-    ``strict_failure`` says what leaked when a strict split failed its audit.
     """
 
     manifest: pd.DataFrame
@@ -102,7 +100,6 @@ class SplitResult:
     report: dict[str, Any]
     audit: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
-    strict_failure: str | None = None
 
 
 def make_split(
@@ -203,7 +200,7 @@ def make_split(
             failure = leakage_message(audit)
             run.fail(failure)
     result = SplitResult(manifest=df, run=run, written=written, report=report, audit=audit,
-                         warnings=notes, strict_failure=failure)
+                         warnings=notes)
     if failure is not None:
         raise LeakageError(failure, "use --group on the column that ties images together, or remove the duplicates "
                            "(clsctl eda lists them); run without --strict to keep this split anyway", result)

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING
 
 from toolkit.config.schema import DataConfig, Recipe
 from toolkit.errors import DataError, RecipeError, UsageError
+from toolkit.store.tables import RESERVED_COLUMNS
 
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-RESERVED_COLUMNS = ("id", "path", "fold", "label", "pred")
 
 
 @dataclass
@@ -62,7 +62,7 @@ def _folds(df: pd.DataFrame, recipe: Recipe, label: str) -> np.ndarray:
             raise DataError(f"column `{split.fold_column}` has missing or non-integer values (e.g. rows {bad})",
                             "re-create it with `clsctl split`, or drop the column to let the recipe's [split] decide")
         return values.astype(np.int64).to_numpy()
-    from toolkit.data.splits import assign_folds
+    from toolkit.data.folds import assign_folds
 
     group = split.group or ("group" if "group" in df.columns else None)
     folds = assign_folds(df, folds=split.folds, group=group, stratify=split.stratify or label,

@@ -43,10 +43,7 @@ class Member:
 
 
 def _single_head_classes(run: Run) -> list[str]:
-    try:
-        heads, classes = run.read_classes()
-    except RunError:
-        raise RunError(f"run {run.id} has no class list in summary.json", "ensemble finished train or ensemble runs") from None
+    heads, classes = run.read_classes()
     if len(heads) > 1:
         raise UsageError(f"run {run.id} is a multi-head run ({', '.join(heads)})",
                          "ensemble single-head runs; for multi-head runs ensemble one head's predictions as files")

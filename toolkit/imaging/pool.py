@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
+
+from toolkit.runtime import cores
 
 __all__ = ["chunk_size", "default_workers", "imap_ordered"]
 
 
 def default_workers() -> int:
-    """The number of CPU cores this process may use."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+    """Workers of a per-image pass: one per CPU core this process may use."""
+    return max(1, cores())
 
 
 def chunk_size(n_items: int, workers: int) -> int:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from toolkit.config.schema import ModelConfig
+    from toolkit.config.schema import ModelConfig, Recipe
     from toolkit.store import Run
 
 # model.json keys that are not the preprocessing record's own fields.
@@ -85,7 +85,7 @@ class ModelRecord:
         }
 
     @classmethod
-    def from_json(cls, meta: Mapping[str, Any], fallback: Any = None) -> ModelRecord:
+    def from_json(cls, meta: Mapping[str, Any], fallback: Recipe | None = None) -> ModelRecord:
         """Read ``model.json``; keys that files written by older releases lack come from ``fallback``.
 
         Args:

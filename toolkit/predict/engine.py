@@ -23,7 +23,7 @@ from toolkit.data.training import parse_fold_selection
 from toolkit.errors import RunError, ToolkitError, UsageError
 from toolkit.imaging.decode import load_image_array
 from toolkit.metrics import is_better
-from toolkit.models.checkpoint import FoldModel, ModelRecord
+from toolkit.models.checkpoint import FoldModel, ModelRecord, preprocessing_key
 from toolkit.predict.tta import Pipeline, View, apply_op, view_sizes
 from toolkit.progress import NullProgress, Progress, as_progress
 from toolkit.runtime import make_accelerator, predict_loader_workers
@@ -90,7 +90,6 @@ def check_input_sizes(model: torch.nn.Module, sizes: Sequence[int], trained: int
                              "drop the scale: views (hflip, vflip, fivecrop and trainaug keep the trained size)") from None
 
 
-# --------------------------------------------------------------------------- precision, workers
 # --------------------------------------------------------------------------- data
 class ViewDataset(torch.utils.data.Dataset):
     """Decode each image once and run every pipeline on it; items are ``({key: tensor}, index)``.
@@ -202,7 +201,7 @@ class Inference:
                                        "use a smaller model or image size, or free the GPU") from None
                 self.chunk = max(1, self.chunk // 2)
                 torch.cuda.empty_cache()
-                self.accelerator.print(f"out of GPU memory: retrying with {self.chunk} images per forward pass")
+                self.progress.log(f"out of GPU memory: retrying with {self.chunk} images per forward pass")
                 continue
             outs.append(y.float())
             i += len(part)
@@ -217,7 +216,7 @@ class Inference:
         else:
             b = x.shape[0]
             if self.channels_last:  # crops and flips of a channels-last batch stay channels-last (a no-op
-                x = x.contiguous(memory_format=torch.channels_last)  # for batches from batch_normalizer)
+                x = x.contiguous(memory_format=torch.channels_last)  # for batches BatchNormalize made)
             passes = [apply_op(op, x, size) for op in view.ops]
             n = len(passes)
             flat = passes[0] if n == 1 else torch.cat(passes)
@@ -245,7 +244,7 @@ class Inference:
         """
         if not models:
             raise UsageError("no fold models to predict with", "pass --folds all or a fold number")
-        keys = {(m.record.preprocessing, tuple(m.record.head_sizes)) for m in models}
+        keys = {preprocessing_key(m.record) for m in models}
         if len(keys) > 1:
             raise RunError("the selected folds were trained with different preprocessing",
                            "predict them separately with --folds K")

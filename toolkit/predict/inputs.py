@@ -19,8 +19,6 @@ from toolkit.config.schema import Recipe
 from toolkit.errors import DataError, examples
 from toolkit.store.tables import read_table
 
-_SHOWN = 10
-
 
 @dataclass
 class PredictionInput:

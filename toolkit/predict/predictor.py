@@ -7,8 +7,8 @@ Written into the run folder (main process only, atomically)::
     predictions/<name>.json       what was predicted how: data, folds, views, combine, scores, timing
     predictions/<name>.tta.json   with --tta auto: every policy's out-of-fold score and per-class gain
 
-Preprocessing is never re-typed: each fold's eval transform is ``build_transform(train=False)`` of the
-run's recipe with the mean/std/size its ``model.json`` recorded.
+Preprocessing is never re-typed: each fold's eval pipeline, image loader and normalization are built from
+the preprocessing record in its ``model.json`` alone (``trainaug`` views add the run's ``[aug]`` section).
 """
 
 from __future__ import annotations
@@ -290,9 +290,9 @@ def predict(run, data: str | Path, *, tta: str | Sequence[str] | None = None, fo
 
         sample = read_sample(sample_submission)
 
-    engine = Inference(accelerator, batch_size=batch_size or recipe.train.batch_size * 2, workers=workers,
-                       progress=progress, channels_last=recipe.model.channels_last)
     models = [load_fold_model(run, k) for k in selected]
+    engine = Inference(accelerator, batch_size=batch_size or recipe.train.batch_size * 2, workers=workers,
+                       progress=progress, channels_last=bool(models[0].record.model.get("channels_last")))
     size = models[0].record.preprocessing.eval_size
     auto_report = None
     if auto:

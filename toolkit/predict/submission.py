@@ -29,7 +29,8 @@ from toolkit.store.tables import read_table
 
 def read_sample(path: str | Path) -> pd.DataFrame:
     """Read a sample submission; the id column (the first) is kept as text ("0001" stays "0001")."""
-    sample = read_table(path, first_column_text=True, keep_default_na=False, what="sample submission",
+    # Any suffix is read as CSV: competitions ship sample submissions as .csv, .txt or with no suffix.
+    sample = read_table(path, first_column_text=True, keep_default_na=False, fmt="csv", what="sample submission",
                         hint="pass the competition's sample_submission.csv (a CSV with a header row)")
     if sample.shape[1] < 2:
         raise DataError(f"sample submission {path} has {sample.shape[1]} column(s)",

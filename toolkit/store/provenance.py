@@ -51,6 +51,7 @@ def _git(*args: str) -> subprocess.CompletedProcess[str] | None:
 
 
 def git_state() -> tuple[str | None, bool | None]:
+    """The checkout's HEAD commit and whether tracked files differ from it; ``(None, None)`` outside git."""
     head = _git("rev-parse", "--verify", "--quiet", "HEAD")
     if head is None or head.returncode != 0 or not head.stdout.strip():
         return None, None
@@ -63,6 +64,7 @@ def git_state() -> tuple[str | None, bool | None]:
 
 @functools.cache
 def versions() -> dict[str, str]:
+    """Python, clsctl and the versions of the libraries a run's numbers depend on (installed ones only)."""
     import importlib.metadata  # here, not at the top: it is slow to import and only needed here
 
     found = {"python": platform.python_version()}
@@ -80,10 +82,12 @@ def versions() -> dict[str, str]:
 
 @functools.cache
 def host() -> dict[str, str]:
+    """The machine's name and platform."""
     return {"hostname": socket.gethostname(), "platform": platform.platform()}
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (True when that cannot be told)."""
     if os.name != "posix":
         return True  # os.kill(pid, 0) would terminate the process on Windows
     try:

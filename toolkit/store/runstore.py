@@ -227,7 +227,7 @@ class RunStore:
             try:
                 info = run.info
             except RunError as exc:
-                warnings.warn(f"skipping damaged run: {exc}", stacklevel=2)
+                warnings.warn(f"skipping run: {exc}", stacklevel=2)
                 continue
             if kind is not None and info.get("kind") != kind:
                 continue

@@ -67,7 +67,7 @@ def write_table(frame: pd.DataFrame, path: StrPath) -> Path:
 
 
 def read_table(path: StrPath, *, text_columns: Sequence[str] = (), first_column_text: bool = False, all_text: bool = False,
-               keep_default_na: bool = True, what: str = "table",
+               keep_default_na: bool = True, fmt: str | None = None, what: str = "table",
                hint: str = "check that it is a valid CSV (UTF-8, with a header row) or Parquet file") -> pd.DataFrame:
     """Read a CSV or Parquet table, with one clear error for a missing or unreadable file.
 
@@ -77,6 +77,7 @@ def read_table(path: StrPath, *, text_columns: Sequence[str] = (), first_column_
         first_column_text: Also read the first CSV column as text (the id column of submissions).
         all_text: Read every CSV column as text.
         keep_default_na: False keeps cells like ``NA`` or ``null`` as text.
+        fmt: ``csv`` or ``parquet`` whatever the suffix (default: from the suffix).
         what: How the error names the file (``manifest``, ``sample submission``...).
         hint: How the error says to fix it.
 
@@ -88,7 +89,7 @@ def read_table(path: StrPath, *, text_columns: Sequence[str] = (), first_column_
     target = Path(path)
     if not target.is_file():
         raise DataError(f"{what} {target} does not exist", hint)
-    kind = table_format(target)
+    kind = fmt or table_format(target)
     try:
         if kind == "parquet":
             return pd.read_parquet(target)
@@ -142,22 +143,3 @@ def probability_frame(ids: Sequence[Any], paths: Sequence[Any] | None, probs: Ma
         for c_i, c in enumerate(classes[head]):
             columns[f"{head}:{c}" if multi else c] = p[:, c_i].astype(np.float32)
     return pd.DataFrame(columns)
-
-
-def frame_probabilities(frame: pd.DataFrame, heads: Sequence[str], classes: Mapping[str, Sequence[str]]
-                        ) -> dict[str, np.ndarray]:
-    """Head → ``[N, C]`` probabilities read back from a :func:`probability_frame` table.
-
-    Raises:
-        DataError: A class column is missing.
-    """
-    multi = len(heads) > 1
-    out = {}
-    for head in heads:
-        cols = [f"{head}:{c}" if multi else str(c) for c in classes[head]]
-        lacking = [c for c in cols if c not in frame.columns]
-        if lacking:
-            raise DataError(f"probability table lacks the class column(s) {', '.join(lacking)}",
-                            "it was written for other classes; predict again")
-        out[head] = frame[cols].to_numpy(dtype="float64")
-    return out

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from toolkit.progress import Progress, Task
 
 if TYPE_CHECKING:
+    from toolkit.config.schema import Recipe
     from toolkit.train.state import FoldState
 
 HOOKS = ("on_fold_start", "on_step_end", "on_epoch_end", "on_fold_end")
@@ -178,7 +179,7 @@ def epoch_line(row: dict[str, Any], metric: str) -> str:
     return " | ".join(shown)
 
 
-def default_callbacks(recipe: Any, progress: Progress, folds: Sequence[int]) -> list[Callback]:
+def default_callbacks(recipe: Recipe, progress: Progress, folds: Sequence[int]) -> list[Callback]:
     """The trainer's own callbacks for a recipe, in the order they run."""
     tcfg = recipe.train
     callbacks: list[Callback] = [BestCheckpoint()]

@@ -30,7 +30,8 @@ import torch
 from toolkit.config.schema import Recipe, recipe_to_dict
 from toolkit.data.training import bad_images_error, load_training_data, parse_fold_selection
 from toolkit.errors import RunError
-from toolkit.progress import NullProgress, PlainProgress, Progress
+from toolkit.metrics import is_better
+from toolkit.progress import NullProgress, Progress, as_progress
 from toolkit.runtime import cores, make_accelerator
 from toolkit.store import Run, RunStore
 from toolkit.train.callbacks import HOOKS, Callback, default_callbacks
@@ -93,7 +94,7 @@ class Trainer:
         self.accelerator = accelerator = make_accelerator(
             recipe.train.precision, gradient_accumulation_steps=recipe.train.grad_accum,
             log_with=recipe.train.log_with or None, step_scheduler_with_optimizer=False)
-        self.progress = self._progress() if accelerator.is_main_process else NullProgress()
+        self.progress = as_progress(self.requested_progress) if accelerator.is_main_process else NullProgress()
         self.data = data = load_training_data(recipe)
         self.folds = parse_fold_selection(self.fold_spec, data.fold_ids)
         self.folder = run = self._open_run()
@@ -109,14 +110,6 @@ class Trainer:
         if recipe.train.log_with:
             accelerator.end_training()
         return run
-
-    def _progress(self) -> Progress:
-        given = self.requested_progress
-        if given is None or given is True:
-            return PlainProgress()
-        if given is False:
-            return NullProgress()
-        return given
 
     def _open_run(self) -> Run:
         """Create the run folder (or open the one to resume) on the main process; every process gets it."""
@@ -229,7 +222,7 @@ class Trainer:
             score = val["metrics"][tcfg.metric] if tcfg.metric in val["metrics"] else val["metrics"]["val_loss"]
             if state.scheduler is not None:
                 state.scheduler.step(epoch + 1, score)
-            state.improved = state.best is None or _better(tcfg.metric, score, state.best)
+            state.improved = state.best is None or is_better(tcfg.metric, score, state.best)
             row = {"fold": k, "epoch": epoch, "train_loss": train_loss, **flat_metrics(val["metrics"]),
                    "lr": state.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
                    "train_img_s": seen / max(train_s, 1e-9), "train_s": train_s, "data_wait_s": state.data_wait,
@@ -389,12 +382,6 @@ def _seed_epoch(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def _better(metric: str, new: float, best: float) -> bool:
-    from toolkit.metrics import is_better
-
-    return is_better(metric, new, best)
 
 
 def _flat_config(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
