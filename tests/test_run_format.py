@@ -1,62 +1,97 @@
-"""Run folders written by an earlier release (run format 1, before model.json held its preprocessing
-record) still predict — with the same probabilities the earlier release wrote — and still ensemble."""
+"""Run folders in the layout of earlier releases (run format 1 as first written: no ``format_version`` or
+``data_root`` in run.json, a model.json without its preprocessing record or model settings) still
+predict the same probabilities and still ensemble; a folder from a newer release is refused."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from imagegen import make_imagefolder
+from imagegen import make_imagefolder, write_recipe
 
+from toolkit.config import load_recipe
 from toolkit.models import read_record
 from toolkit.store import Run
 
-LEGACY = Path(__file__).parent / "data" / "run-format-1"
-
 pytestmark = pytest.mark.usefixtures("one_thread")
+CLASSES = ["blue", "green", "red"]
 
 
-@pytest.fixture
-def legacy(tmp_path: Path) -> Run:
-    runs = tmp_path / "runs"
-    shutil.copytree(LEGACY, runs / LEGACY.name)
-    return Run(runs / LEGACY.name)
+def _downgrade(run: Run) -> None:
+    """Rewrite a run folder as earlier releases wrote it."""
+    info = json.loads((run.path / "run.json").read_text())
+    for key in ("format_version", "data_root"):
+        info.pop(key)
+    (run.path / "run.json").write_text(json.dumps(info))
+    for meta_path in run.path.glob("folds/*/model.json"):
+        meta = json.loads(meta_path.read_text())
+        for key in ("preprocessing", "model"):
+            meta.pop(key)
+        meta_path.write_text(json.dumps(meta))
 
 
-def test_legacy_model_json_reads_into_the_checkpoint_record(legacy):
-    record = read_record(legacy, 0)
-    assert record.arch == "test_efficientnet_gn" and record.classes == {"label": ["blue", "green", "red"]}
-    prep = record.preprocessing
-    assert (prep.image_size, prep.eval_size, prep.resize, prep.crop_pct) == (32, 32, "stretch", 1.0)
-    assert prep.mean == (0.485, 0.456, 0.406) and prep.cache  # the missing keys came from recipe.toml
-    assert record.model["name"] == "test_efficientnet_gn"
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    from toolkit.train import train
+
+    base = tmp_path_factory.mktemp("format")
+    images = make_imagefolder(base / "train", per_class=8)
+    recipe = load_recipe(write_recipe(base / "r.toml", images, train={"epochs": 1}))
+    current = train(recipe, runs_root=base / "runs", name="current", progress=False)
+    shutil.copytree(current.path, base / "runs" / "legacy")
+    legacy = Run(base / "runs" / "legacy")
+    _downgrade(legacy)
+    return {"base": base, "current": current, "legacy": legacy, "test": make_imagefolder(base / "test", per_class=3, seed=1)}
 
 
-def test_legacy_run_predicts_what_the_earlier_release_predicted(legacy, tmp_path):
+def test_legacy_model_json_reads_into_the_same_checkpoint_record(runs):
+    old, new = read_record(runs["legacy"], 0), read_record(runs["current"], 0)
+    assert old == new  # the missing keys came from the run's recipe.toml
+    assert old.preprocessing.cache and old.model["name"] == "test_efficientnet_gn"
+
+
+def test_legacy_run_predicts_the_same_probabilities(runs):
     from toolkit.predict import predict
 
-    # the earlier release predicted this generated set (same seed) with --tta hflip
-    test = make_imagefolder(tmp_path / "test", per_class=3, seed=1)
-    before = pd.read_parquet(LEGACY / "predictions" / "test-hflip.parquet")
-    result = predict(legacy, test, tta="hflip", name="again", workers=0, progress=False)
-    after = pd.read_parquet(result.files["parquet"])
-    assert after["id"].tolist() == before["id"].tolist()
-    classes = ["blue", "green", "red"]
-    # bit-identical with the same thread count on one machine; other kernels may round float32 differently
-    np.testing.assert_allclose(after[classes].to_numpy(), before[classes].to_numpy(), rtol=0, atol=1e-6)
-    assert result.scores is not None and result.source == "imagefolder"
+    kwargs = dict(tta="hflip", workers=0, progress=False, write=False)
+    old = predict(runs["legacy"], runs["test"], **kwargs)
+    new = predict(runs["current"], runs["test"], **kwargs)
+    assert old.ids == new.ids and old.source == "imagefolder"
+    np.testing.assert_array_equal(old.probs["label"], new.probs["label"])
 
 
-def test_legacy_runs_ensemble(legacy):
+def test_legacy_tta_auto_finds_the_images_from_the_recipe(runs):
+    from toolkit.predict import predict
+
+    old = predict(runs["legacy"], runs["test"], tta="auto", workers=0, progress=False, write=False)
+    new = predict(runs["current"], runs["test"], tta="auto", workers=0, progress=False, write=False)
+    assert old.tta_auto["policies"] == new.tta_auto["policies"]
+
+
+def test_legacy_runs_ensemble_with_current_ones(runs):
     from toolkit.ensemble import ensemble
+    from toolkit.predict import predict
 
-    twin = legacy.path.parent / "run-format-1-copy"
-    shutil.copytree(legacy.path, twin)
-    result = ensemble([str(legacy.path), str(twin)], vote="soft", runs_root=legacy.path.parent)
-    oof = legacy.read_oof()
-    assert result.run.read_oof()[["blue", "green", "red"]].to_numpy() == pytest.approx(
-        oof[["blue", "green", "red"]].to_numpy(), abs=1e-7)
-    assert result.prediction_set == "test-hflip" and "csv" in result.files
+    for run in (runs["legacy"], runs["current"]):
+        predict(run, runs["test"], tta="none", name="test", workers=0, progress=False)
+    result = ensemble([str(runs["legacy"].path), str(runs["current"].path)], vote="soft",
+                      runs_root=runs["base"] / "runs")
+    pd.testing.assert_frame_equal(result.run.read_oof()[CLASSES], runs["current"].read_oof()[CLASSES], atol=1e-7)
+    assert result.prediction_set == "test" and "csv" in result.files
+
+
+def test_a_newer_run_format_is_refused_in_one_line(runs, tmp_path, capsys):
+    from toolkit.cli.main import run as cli
+
+    newer = tmp_path / "newer"
+    shutil.copytree(runs["current"].path, newer)
+    info = json.loads((newer / "run.json").read_text())
+    info["format_version"] += 1
+    (newer / "run.json").write_text(json.dumps(info))
+    code = cli(["predict", str(newer), str(runs["test"])])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "written by a newer clsctl" in err[0] and "upgrade clsctl" in err[0]
