@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
+    from toolkit.store import Run
+
 
 
 @dataclass
@@ -152,3 +154,17 @@ def parse_fold_selection(spec: str | None, available: list[int]) -> list[int]:
     if missing or not chosen:
         raise UsageError(f"--folds {spec}: fold(s) {missing or chosen} do not exist", f"the split has folds {available}")
     return sorted(dict.fromkeys(chosen))
+
+
+def run_image_root(run: Run) -> Path:
+    """The folder a train run's manifest paths are relative to.
+
+    Runs record it in ``run.json`` (``data_root``); for runs of earlier releases the recipe's data
+    source is listed again to find it.
+    """
+    root = run.info.get("data_root")
+    if not root:
+        from toolkit.data.sources import load_manifest
+
+        root = load_manifest(run.read_recipe().data, require_label=False).attrs["root"]
+    return Path(root)

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from toolkit.config.schema import Recipe
+from toolkit.data.training import run_image_root
 from toolkit.errors import DataError, RunError, UsageError, examples
 from toolkit.metrics import classification_metrics, is_better, metric_direction, multihead_metrics
 from toolkit.models.checkpoint import FoldModel, load_fold_model
@@ -224,12 +225,7 @@ def _training_rows(run: Run, recipe: Recipe, heads: list[str], classes: dict[str
             raise RunError(f"run {run.id}: manifest.csv holds class name(s) {examples(unknown)} of `{h}` that the "
                            "run does not know", "the run folder is inconsistent; retrain it")
         manifest[h] = manifest[h].astype(str)
-    root = run.info.get("data_root")
-    if not root:  # runs of earlier releases did not record it: the recipe's source says where it was
-        from toolkit.data.sources import load_manifest
-
-        root = load_manifest(recipe.data, require_label=False).attrs["root"]
-    return manifest, Path(root)
+    return manifest, run_image_root(run)
 
 
 def default_name(data_name: str, views: Sequence[str], folds: Sequence[int], all_folds: Sequence[int],

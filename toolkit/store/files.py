@@ -12,6 +12,9 @@
     folds/<k>/        model.safetensors + model.json (models/), best.json, done.json,
                       state/ (Accelerate's state + progress.json + ema.safetensors; staged, then swapped in)
     predictions/      <name>.parquet, <name>.csv, <name>.json, <name>.tta.json   write_predictions() / read_predictions()
+    label_issues.csv  clean runs: one row per image (and head)  write_label_issues() / read_label_issues()
+    label_conflicts.csv, outliers.csv, near_duplicates.csv      write_findings()
+    clean_manifest.csv  the source manifest, suspects dropped or relabelled   write_clean_manifest()
 
 :class:`RunFiles` is mixed into :class:`toolkit.store.run.Run`; no other package opens a run file by name.
 Every write is atomic. Probability tables are laid out by :func:`toolkit.store.tables.probability_frame`.
@@ -47,6 +50,10 @@ METRICS_CSV = "metrics.csv"
 SUMMARY_JSON = "summary.json"
 OOF_PARQUET = "oof.parquet"
 PREDICTIONS = "predictions"
+LABEL_ISSUES_CSV = "label_issues.csv"
+CLEAN_MANIFEST_CSV = "clean_manifest.csv"
+# Tables of findings a clean run lists besides its label issues.
+FINDINGS = {"conflicts": "label_conflicts.csv", "outliers": "outliers.csv", "near_duplicates": "near_duplicates.csv"}
 CHECKPOINT = "model.safetensors"
 # Inside folds/<k>/: a training state is written to STATE_TMP, then swapped in as STATE.
 STATE, STATE_OLD, STATE_TMP = "state", "state.old", "state.tmp"
@@ -403,3 +410,50 @@ class RunFiles:
         frame = read_table(path, what=f"prediction set {name!r} of run {self.id}", hint="predict again")
         frame["id"] = frame["id"].astype(str)
         return frame
+
+    # ------------------------------------------------------------------ clean runs
+    def write_label_issues(self, frame: pd.DataFrame) -> Path:
+        """Write ``label_issues.csv`` (see ``toolkit.clean.labels.LabelIssues.table``)."""
+        return write_table(frame, self.file(LABEL_ISSUES_CSV))
+
+    def read_label_issues(self) -> pd.DataFrame:
+        """``label_issues.csv`` with paths, ids and labels as text.
+
+        Raises:
+            RunError: The folder has none (it is not a clean run).
+        """
+        path = self.file(LABEL_ISSUES_CSV)
+        if not path.is_file():
+            raise RunError(f"{self.id} has no {LABEL_ISSUES_CSV}", "pass a clean run (made by `clsctl clean`)")
+        return read_table(path, text_columns=("id", "path", "label", "suggested_label", "head"),
+                          keep_default_na=False, what="label issue table", hint="run `clsctl clean` again")
+
+    def write_findings(self, kind: str, frame: pd.DataFrame) -> Path:
+        """Write one table of findings: ``conflicts``, ``outliers`` or ``near_duplicates``."""
+        return write_table(frame, self.file(FINDINGS[kind]))
+
+    def write_clean_manifest(self, frame: pd.DataFrame) -> Path:
+        """Write ``clean_manifest.csv``, the manifest to retrain on."""
+        return write_table(frame, self.file(CLEAN_MANIFEST_CSV))
+
+
+class Folder(RunFiles):
+    """A plain output folder (``--out DIR``) that takes the same typed files as a run folder.
+
+    Args:
+        path: The folder; created on the first write.
+    """
+
+    def __init__(self, path: StrPath) -> None:
+        self.path = Path(path).absolute()
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    def file(self, name: StrPath) -> Path:
+        """The path of a file inside the folder (it need not exist)."""
+        rel = Path(name)
+        if rel.is_absolute() or ".." in rel.parts:
+            raise ValueError(f"{name!s} is not a path inside the folder")
+        return self.path / rel
