@@ -136,7 +136,7 @@ def label_conflicts(df: pd.DataFrame, root: str | os.PathLike[str], label_column
 
 # --------------------------------------------------------------------------- apply
 def _acted(issues: LabelIssues, min_quality: float | None) -> np.ndarray:
-    mask = issues.table["is_label_issue"].to_numpy(dtype=bool)
+    mask = issues.table["is_label_issue"].to_numpy(dtype=bool, copy=True)
     if min_quality is not None:
         mask &= issues.table["label_quality"].to_numpy() < min_quality
     return mask

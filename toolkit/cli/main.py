@@ -14,6 +14,7 @@ import typer
 
 from toolkit import __version__
 from toolkit.cli import aug as aug_cmd
+from toolkit.cli import clean as clean_cmd
 from toolkit.cli import eda as eda_cmd
 from toolkit.cli import ensemble as ensemble_cmd
 from toolkit.cli import predict as predict_cmd
@@ -38,6 +39,7 @@ app.command("split")(split_cmd.split)
 app.command("train")(train_cmd.train)
 app.command("predict")(predict_cmd.predict)
 app.command("ensemble")(ensemble_cmd.ensemble)
+app.command("clean")(clean_cmd.clean)
 
 
 def _version(value: bool) -> None:
