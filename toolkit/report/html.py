@@ -3,8 +3,8 @@
 A page must open from disk anywhere (an archive, a laptop offline, a CI artifact): no scripts, no
 web fonts, no external style sheets, and every image and link is a path relative to the page or a
 ``data:`` URI. Pages extend the skeleton (``{% extends "page.html" %}``) and fill its ``title`` and
-``body`` blocks; values are escaped (autoescape), and a name a template does not know is an error,
-never an empty cell.
+``body`` blocks, and may add their own rules after the shared ones in its ``style`` block; values
+are escaped (autoescape), and a name a template does not know is an error, never an empty cell.
 
 Figures are matplotlib ``Figure`` objects drawn on the Agg canvas, never ``pyplot``: no global
 backend is switched, no window can open, and nothing leaks between figures.
@@ -55,7 +55,7 @@ _PAGE = """<!DOCTYPE html>
 <meta charset="utf-8">
 <title>{% block title %}{% endblock %}</title>
 <style>
-{{ page_style }}</style>
+{{ page_style }}{% block style %}{% endblock %}</style>
 </head>
 <body>
 {% block body %}{% endblock %}
