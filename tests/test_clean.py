@@ -150,3 +150,23 @@ def test_cli_clean_then_train_on_the_clean_manifest(trained, capsys):
     # the clean manifest keeps the source's folds, so the retrained run is comparable fold by fold
     source_folds = trained["full"].read_manifest().set_index("path")["fold"]
     assert (used.set_index("path")["fold"] == source_folds.loc[used["path"]]).all()
+
+
+def test_quick_cleans_a_folder_without_a_run(tmp_path):
+    """--quick on an ImageFolder with three labels moved to the wrong class folder."""
+    from toolkit.report.clean import clean
+
+    root = make_imagefolder(tmp_path / "data", per_class=20)
+    moved = ["red/000.png", "green/001.png", "blue/002.png"]
+    targets = {"red/000.png": "green", "green/001.png": "blue", "blue/002.png": "red"}
+    for path in moved:
+        (root / path).rename(root / targets[path] / f"moved_{Path(path).name}")
+    result = clean(root, quick=True, backbone="test_efficientnet", pretrained=False, image_size=32, workers=1,
+                   runs_root=tmp_path / "runs", apply="relabel")
+    flagged = set(result.heads[0].suspects["path"])
+    assert {f"{targets[p]}/moved_{Path(p).name}" for p in moved} <= flagged
+    run = result.run
+    assert run.kind == "clean" and run.parents == [] and run.info["quick"]["backbone"] == "test_efficientnet"
+    assert (run.path / "gallery.html").is_file() and (run.path / "outliers.csv").is_file()
+    fixed = pd.read_csv(result.files["clean_manifest"], dtype=str).set_index("path")
+    assert fixed.loc["red/moved_002.png", "label"] == "blue"

@@ -257,7 +257,8 @@ def clean_run(run: str | os.PathLike[str] | Run, *, runs_root: str | os.PathLike
 
 def clean_source(source: str | os.PathLike[str], *, root: str | os.PathLike[str] | None = None,
                  label: str = "label", group: str | None = None, backbone: str = "tf_efficientnet_lite0",
-                 pretrained_file: str | os.PathLike[str] | None = None, image_size: int = 224, folds: int = 5,
+                 pretrained_file: str | os.PathLike[str] | None = None, pretrained: bool = True,
+                 image_size: int = 224, folds: int = 5,
                  seed: int = 0, runs_root: str | os.PathLike[str] | None = None,
                  out: str | os.PathLike[str] | None = None, name: str | None = None,
                  filter_by: str = DEFAULT_FILTER, duplicates: bool = True, apply: str | None = None,
@@ -275,6 +276,7 @@ def clean_source(source: str | os.PathLike[str], *, root: str | os.PathLike[str]
         label: The label column.
         group: A column that ties images together; the cross-validation keeps each group in one fold.
         backbone, pretrained_file, image_size: The embedding model (timm name, local weights, side).
+        pretrained: False embeds with a seeded random backbone (for tests; labels are then barely learnable).
         folds, seed: The cross-validation.
         runs_root, out, name, filter_by, duplicates, apply, min_quality, workers: As for :func:`clean_run`.
         progress: Where the embedding pass reports.
@@ -288,7 +290,8 @@ def clean_source(source: str | os.PathLike[str], *, root: str | os.PathLike[str]
     if label not in df.columns:
         raise DataError(f"{source} has no `{label}` column", "pass --label with the name of the class column")
     image_root = Path(df.attrs["root"])
-    quick = quick_probabilities(df, image_root, label=label, backbone=backbone, pretrained_file=pretrained_file,
+    quick = quick_probabilities(df, image_root, label=label, backbone=backbone, pretrained=pretrained,
+                                pretrained_file=pretrained_file,
                                 image_size=image_size, folds=folds, group="group" if group else None, seed=seed,
                                 workers=workers, progress=as_progress(progress))
     paths = df["path"].astype(str).tolist()
