@@ -341,7 +341,9 @@ def _run_backbone(paths: Sequence[str], *, backbone: str, pretrained: bool,
     prep = _quick_preprocessing(model, image_size)
     device = torch.device("cpu" if use_cpu() else "cuda")
     model.eval().to(device, memory_format=torch.channels_last)
-    n_workers = predict_loader_workers(workers, 1, device.type)
+    # `workers` counts processes as for hashing: one means this process, with no loader process forked
+    # (a fork after OpenCV's thread pool has run can deadlock the child when it resizes that pool).
+    n_workers = 0 if workers is not None and workers <= 1 else predict_loader_workers(workers, 1, device.type)
     dataset = ImageDataset(paths, None, eval_pipeline(prep, to_tensor=False), loader=prep.image_loader())
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=max(1, int(batch_size)), shuffle=False, num_workers=n_workers,
