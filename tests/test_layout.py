@@ -109,3 +109,10 @@ def test_no_private_name_is_imported_across_packages():
                 if alias.name.startswith("_") and other != own:
                     offenders.append(f"{rel}: {node.module}.{alias.name}")
     assert not offenders, offenders
+
+
+def test_cleanlab_is_imported_only_by_clean():
+    """cleanlab is AGPL-3.0: it stays behind `clsctl clean`."""
+    users = sorted(str(p.relative_to(PKG)) for p in PKG.rglob("*.py")
+                   if any(n == "cleanlab" or n.startswith("cleanlab.") for n in _imports(p)))
+    assert users == ["clean/labels.py"]
