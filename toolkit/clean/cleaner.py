@@ -135,6 +135,11 @@ def label_conflicts(df: pd.DataFrame, root: str | os.PathLike[str], label_column
 
 
 # --------------------------------------------------------------------------- apply
+def _check_mode(mode: str | None) -> None:
+    if mode is not None and mode not in APPLY_MODES:
+        raise UsageError(f"--apply {mode!r} is not one of {', '.join(APPLY_MODES)}", "use --apply drop or --apply relabel")
+
+
 def _acted(issues: LabelIssues, min_quality: float | None) -> np.ndarray:
     mask = issues.table["is_label_issue"].to_numpy(dtype=bool, copy=True)
     if min_quality is not None:
@@ -156,8 +161,7 @@ def apply_fix(manifest: pd.DataFrame, heads: Sequence[LabelIssues], mode: str,
         UsageError: An unknown mode or a quality outside 0..1.
         DataError: ``relabel`` of a target that is not a column of the manifest.
     """
-    if mode not in APPLY_MODES:
-        raise UsageError(f"--apply {mode!r} is not one of {', '.join(APPLY_MODES)}", "use --apply drop or --apply relabel")
+    _check_mode(mode)
     if min_quality is not None and not 0.0 <= min_quality <= 1.0:
         raise UsageError(f"--min-quality {min_quality} is outside 0..1", "label quality is a probability, e.g. 0.2")
     out = manifest.copy()
@@ -192,6 +196,16 @@ def _open_output(kind_name: str | None, out: str | os.PathLike[str] | None, runs
 
 def _write(result: CleanResult, summary: dict[str, Any], manifest: pd.DataFrame | None,
            apply: str | None, min_quality: float | None) -> None:
+    """Write the files; inside a clean run, its status records how the writing ended."""
+    if result.run is not None:
+        with result.run.activate():
+            _write_files(result, summary, manifest, apply, min_quality)
+    else:
+        _write_files(result, summary, manifest, apply, min_quality)
+
+
+def _write_files(result: CleanResult, summary: dict[str, Any], manifest: pd.DataFrame | None,
+                 apply: str | None, min_quality: float | None) -> None:
     folder = result.folder
     result.files["label_issues"] = folder.write_label_issues(result.issues_table())
     if result.conflicts is not None:
@@ -238,8 +252,7 @@ def clean_run(run: str | os.PathLike[str] | Run, *, runs_root: str | os.PathLike
 
     source = run if isinstance(run, Run) else RunStore(runs_root).open(run)
     heads, classes, manifest, oof = _oof_heads(source)
-    if apply is not None and apply not in APPLY_MODES:  # before any work
-        raise UsageError(f"--apply {apply!r} is not one of {', '.join(APPLY_MODES)}", "use --apply drop or --apply relabel")
+    _check_mode(apply)  # before any work
     paths = manifest["path"].astype(str).tolist()
     issues = _head_issues(oof, heads, classes, filter_by, paths)
     root = run_image_root(source)
@@ -247,11 +260,7 @@ def clean_run(run: str | os.PathLike[str] | Run, *, runs_root: str | os.PathLike
     folder, clean = _open_output(name, out, runs_root, [source], {"source": source.id})
     result = CleanResult(heads=issues, conflicts=conflicts, root=root, folder=folder, run=clean, source=source)
     summary = _summary(issues, conflicts, source.id)
-    if clean is not None:
-        with clean.activate():
-            _write(result, summary, manifest, apply, min_quality)
-    else:
-        _write(result, summary, manifest, apply, min_quality)
+    _write(result, summary, manifest, apply, min_quality)
     return result
 
 
@@ -284,8 +293,7 @@ def clean_source(source: str | os.PathLike[str], *, root: str | os.PathLike[str]
     from toolkit.clean.quick import quick_probabilities
     from toolkit.data.sources import manifest_from_path, row_ids
 
-    if apply is not None and apply not in APPLY_MODES:
-        raise UsageError(f"--apply {apply!r} is not one of {', '.join(APPLY_MODES)}", "use --apply drop or --apply relabel")
+    _check_mode(apply)
     df = manifest_from_path(source, root=root, label_column=label, require_label=True, group=group)
     if label not in df.columns:
         raise DataError(f"{source} has no `{label}` column", "pass --label with the name of the class column")
@@ -308,9 +316,5 @@ def clean_source(source: str | os.PathLike[str], *, root: str | os.PathLike[str]
                         "seconds": quick.seconds, "outliers": int(quick.outliers["is_outlier"].sum()),
                         "near_duplicates": len(quick.near_duplicates)}
     manifest = df.drop(columns=["group"]) if group and "group" in df.columns and group != "group" else df
-    if clean is not None:
-        with clean.activate():
-            _write(result, summary, manifest, apply, min_quality)
-    else:
-        _write(result, summary, manifest, apply, min_quality)
+    _write(result, summary, manifest, apply, min_quality)
     return result
