@@ -130,21 +130,24 @@ At least one label of each pair is wrong, or the two images should not both be i
 """
 
 
-def _number(x: Any, digits: int = 3) -> str:
+def _finite(x: Any) -> float | None:
+    """A cell as a float, or None when it is missing or not a number."""
     try:
         value = float(x)
     except (TypeError, ValueError):
-        return "n/a"
-    return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
+        return None
+    return None if math.isnan(value) else value
+
+
+def _number(x: Any, digits: int = 3) -> str:
+    value = _finite(x)
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def _width(x: Any) -> str:
     """A CSS width for a share in 0..1 (clipped; unknown values draw no bar)."""
-    try:
-        value = float(x)
-    except (TypeError, ValueError):
-        return "0%"
-    return "0%" if math.isnan(value) else f"{100 * min(max(value, 0.0), 1.0):.1f}%"
+    value = _finite(x)
+    return "0%" if value is None else f"{100 * min(max(value, 0.0), 1.0):.1f}%"
 
 
 def _text(x: Any) -> str:
