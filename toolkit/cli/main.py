@@ -19,6 +19,7 @@ from toolkit.cli import eda as eda_cmd
 from toolkit.cli import ensemble as ensemble_cmd
 from toolkit.cli import predict as predict_cmd
 from toolkit.cli import recipe as recipe_cmd
+from toolkit.cli import report as report_cmd
 from toolkit.cli import split as split_cmd
 from toolkit.cli import train as train_cmd
 
@@ -40,6 +41,7 @@ app.command("train")(train_cmd.train)
 app.command("predict")(predict_cmd.predict)
 app.command("ensemble")(ensemble_cmd.ensemble)
 app.command("clean")(clean_cmd.clean)
+app.command("report")(report_cmd.report)
 
 
 def _version(value: bool) -> None:

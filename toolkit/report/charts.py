@@ -90,12 +90,15 @@ class Series:
         x: The x values.
         y: The y values, as many as ``x``; a NaN or None leaves a gap in the line.
         dashed: Draw the line dashed (validation next to a solid training curve, say).
+        colour: Index into the colour cycle, so related lines (one fold's train and validation loss)
+            share a colour; None takes the series' position.
     """
 
     name: str
     x: Sequence[float]
     y: Sequence[float | None]
     dashed: bool = False
+    colour: int | None = None
 
 
 class _Frame:
@@ -262,7 +265,8 @@ def line_chart(series: Sequence[Series], *, title: str, x_label: str, y_label: s
         y_ticks = _nice_ticks(float(all_y.min()), float(all_y.max()))
         y0, y1 = y_ticks[0][0], y_ticks[0][-1]
     frame = _Frame((58, 26, width - 58 - 14, height - 26 - 40), (x_ticks[0][0], x_ticks[0][-1]), (y0, y1))
-    entries = [(s.name if p[2] else f"{s.name} (no data)", _COLOURS[k % len(_COLOURS)],
+    entries = [(s.name if p[2] else f"{s.name} (no data)",
+                 _COLOURS[(k if s.colour is None else s.colour) % len(_COLOURS)],
                 "dashed" if s.dashed else "line") for k, (s, p) in enumerate(zip(series, prepared, strict=True))]
     legend, legend_h = _legend(entries, height, width)
     out = _svg_open(width, height + legend_h, title)

@@ -1,7 +1,8 @@
 """What every report page shares: the Jinja2 environment, the page skeleton and style, tables, figures.
 
-A page must open from disk anywhere (an archive, a laptop offline, a CI artifact): no scripts, no
-web fonts, no external style sheets, and every image and link is a path relative to the page or a
+A page must open from disk anywhere (an archive, a laptop offline, a CI artifact): no external
+scripts (the experiment report inlines one small zoom handler of its own), no web fonts, no external
+style sheets, and every image and link is a path relative to the page or a
 ``data:`` URI. Pages extend the skeleton (``{% extends "page.html" %}``) and fill its ``title`` and
 ``body`` blocks, and may add their own rules after the shared ones in its ``style`` block; values
 are escaped (autoescape), and a name a template does not know is an error, never an empty cell.
