@@ -150,6 +150,14 @@ def test_cli_clean_then_train_on_the_clean_manifest(trained, capsys):
     # the clean manifest keeps the source's folds, so the retrained run is comparable fold by fold
     source_folds = trained["full"].read_manifest().set_index("path")["fold"]
     assert (used.set_index("path")["fold"] == source_folds.loc[used["path"]]).all()
+    # the retrained run names the clean run as its parent, and the report sets it against the source run
+    assert again.parents == [clean.id]
+    page = trained["base"] / "report.html"
+    code = cli(["report", str(trained["full"].path), clean.id, again.id, "--runs", str(runs), "--out", str(page)])
+    out = capsys.readouterr().out
+    assert code == 0 and page.is_file()
+    row = next(line for line in out.splitlines() if line.strip().startswith(again.id))
+    assert f"{trained['full'].id} (parent)" in row and "data.manifest" in row
 
 
 def test_quick_cleans_a_folder_without_a_run(tmp_path):

@@ -278,3 +278,24 @@ def test_page_in_headless_chromium(tmp_path, runs):
     if shots:  # keep the picture for a person to look at
         Path(shots).mkdir(parents=True, exist_ok=True)
         (Path(shots) / "report.png").write_bytes((tmp_path / "report.png").read_bytes())
+
+
+def test_aligning_shuffled_rows_gives_the_same_answer_as_aligned_ones():
+    import pandas as pd
+
+    from toolkit.report.compare import align
+    from toolkit.store.tables import probability_frame
+
+    labels, folds = _rows(300)
+    classes = ["a", "b", "c", "d"]
+    a_p, b_p = probabilities(labels, 4, 0.7, seed=1), probabilities(labels, 4, 0.8, seed=2)
+    ids = [f"{i}.png" for i in range(300)]
+    a = probability_frame(ids, ids, {"label": a_p}, {"label": classes}, folds=folds, labels={"label": labels})
+    b = probability_frame(ids, ids, {"label": b_p}, {"label": classes}, folds=folds, labels={"label": labels})
+    b.loc[5, "label"] = "b" if b.loc[5, "label"] != "b" else "c"  # relabelled since: not a shared row
+    fast = align(a, b, classes)
+    shuffled = align(a, pd.concat([b.iloc[150:], b.iloc[:150]]), classes)
+    assert fast.rows == shuffled.rows == 299
+    # An inner join keeps the baseline's row order, so both ways give the same rows in the same order.
+    assert np.array_equal(fast.labels, shuffled.labels) and np.array_equal(fast.folds, shuffled.folds)
+    assert np.allclose(fast.new, shuffled.new) and np.allclose(fast.base, shuffled.base)

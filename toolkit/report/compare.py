@@ -261,19 +261,31 @@ def align(base: Any, new: Any, classes: Sequence[str], *, label: str = "label", 
         The aligned rows; ``folds`` is None when a shared row sits in different folds.
     """
     cols = [f"{prefix}{c}" for c in classes]
-    keep = ["id", label, *cols] + (["fold"] if "fold" in base.columns and "fold" in new.columns else [])
-    a = base[keep].drop_duplicates("id")
-    b = new[keep].drop_duplicates("id")
+    has_folds = "fold" in base.columns and "fold" in new.columns
+    index = {c: i for i, c in enumerate(classes)}
+    ids_a, ids_b = base["id"].astype(str), new["id"].astype(str)
+    if len(ids_a) == len(ids_b) and ids_a.is_unique and bool((ids_a.to_numpy() == ids_b.to_numpy()).all()):
+        # The common case (runs of one manifest): rows already in the same order, no join needed.
+        same = (base[label].astype(str).to_numpy() == new[label].astype(str).to_numpy())
+        labels = base[label].astype(str).map(index)
+        keep = same & labels.notna().to_numpy()
+        fa = base["fold"].to_numpy()[keep] if has_folds else None
+        fb = new["fold"].to_numpy()[keep] if has_folds else None
+        return Paired(labels.to_numpy()[keep].astype(np.int64), base[cols].to_numpy(dtype=np.float64)[keep],
+                      new[cols].to_numpy(dtype=np.float64)[keep],
+                      fa.astype(np.int64) if fa is not None and np.array_equal(fa, fb) else None)
+    keep_cols = ["id", label, *cols] + (["fold"] if has_folds else [])
+    a = base[keep_cols].drop_duplicates("id")
+    b = new[keep_cols].drop_duplicates("id")
     joined = a.merge(b, on="id", suffixes=("_a", "_b"))
     joined = joined[joined[f"{label}_a"].astype(str) == joined[f"{label}_b"].astype(str)]
-    index = {c: i for i, c in enumerate(classes)}
     labels = joined[f"{label}_a"].astype(str).map(index)
     joined = joined[labels.notna()]
     labels = labels[labels.notna()].to_numpy(dtype=np.int64)
     base_p = joined[[f"{c}_a" for c in cols]].to_numpy(dtype=np.float64)
     new_p = joined[[f"{c}_b" for c in cols]].to_numpy(dtype=np.float64)
     folds = None
-    if "fold_a" in joined.columns:
+    if has_folds:
         fa = joined["fold_a"].to_numpy()
         fb = joined["fold_b"].to_numpy()
         if np.array_equal(fa, fb):

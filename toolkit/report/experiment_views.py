@@ -107,7 +107,8 @@ def head_view(rows: HeadRows, *, root: Path | None, thumbs: Thumbnails, top_loss
     n_classes = len(rows.classes)
     if labels.size == 0:
         return HeadView(rows.head, rows.classes, 0, {}, {})
-    scores = classification_metrics(labels, probs, rows.classes)
+    pred = probs.argmax(axis=1)
+    scores = classification_metrics(labels, pred, rows.classes)  # indices: the log loss is not shown here
     view = HeadView(rows.head, rows.classes, int(labels.size), scores["per_class_recall"], scores["support"])
     counts = np.asarray(scores["confusion_matrix"], dtype=np.float64)
     normalised = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1.0)
@@ -126,7 +127,6 @@ def head_view(rows: HeadRows, *, root: Path | None, thumbs: Thumbnails, top_loss
             break
         view.confused.append({"true": rows.classes[i], "pred": rows.classes[j], "count": int(off[i, j]),
                               "share": float(normalised[i, j])})
-    pred = probs.argmax(axis=1)
     top = probs[np.arange(labels.size), pred]
     wrong = np.flatnonzero(pred != labels)
     for r in wrong[np.argsort(-top[wrong], kind="stable")][:top_losses]:

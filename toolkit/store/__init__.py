@@ -19,7 +19,16 @@ from toolkit.store.atomic import (
     to_jsonable,
 )
 from toolkit.store.fingerprint import data_fingerprint, manifest_fingerprint
-from toolkit.store.run import FORMAT_VERSION, RUN_JSON, Run, RunStatus, default_runs_root, is_run_dir, slugify
+from toolkit.store.run import (
+    FORMAT_VERSION,
+    RUN_JSON,
+    Run,
+    RunStatus,
+    default_runs_root,
+    is_run_dir,
+    run_holding,
+    slugify,
+)
 from toolkit.store.runstore import RunStore, resolve_runs
 
 __all__ = [
@@ -36,6 +45,7 @@ __all__ = [
     "data_fingerprint",
     "default_runs_root",
     "is_run_dir",
+    "run_holding",
     "manifest_fingerprint",
     "read_json",
     "resolve_runs",

@@ -41,7 +41,7 @@ from toolkit.store import provenance
 from toolkit.store.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from toolkit.store.files import RunFiles
 
-__all__ = ["FORMAT_VERSION", "RUN_JSON", "Run", "RunStatus", "default_runs_root", "is_run_dir", "slugify"]
+__all__ = ["FORMAT_VERSION", "RUN_JSON", "Run", "RunStatus", "default_runs_root", "is_run_dir", "run_holding", "slugify"]
 
 StrPath = str | os.PathLike[str]
 
@@ -81,6 +81,18 @@ def is_run_dir(path: StrPath) -> bool:
     """
     candidate = Path(path)
     return candidate.is_dir() and (candidate / RUN_JSON).is_file()
+
+
+def run_holding(path: StrPath | None) -> Run | None:
+    """The run whose folder holds the file ``path`` (a clean run's ``clean_manifest.csv``), or None.
+
+    A run trained on such a file records that run as its parent, so the lineage source run → clean
+    run → retrained run can be followed (``clsctl report`` sets a retrained run against its source).
+    """
+    if path is None:
+        return None
+    folder = Path(path).absolute().parent
+    return Run(folder) if is_run_dir(folder) else None
 
 
 def slugify(text: str) -> str:

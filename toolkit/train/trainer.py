@@ -33,7 +33,7 @@ from toolkit.errors import RunError
 from toolkit.metrics import is_better
 from toolkit.progress import NullProgress, Progress, as_progress
 from toolkit.runtime import cores, make_accelerator
-from toolkit.store import Run, RunStore
+from toolkit.store import Run, RunStore, run_holding
 from toolkit.train.callbacks import HOOKS, Callback, default_callbacks
 from toolkit.train.loaders import fold_loaders, fold_seed
 from toolkit.train.results import write_oof_and_summary
@@ -127,7 +127,9 @@ class Trainer:
         path_holder: list[Any] = [None]
         if accelerator.is_main_process:
             if run is None:
+                source = run_holding(recipe.data.manifest)
                 run = store.create("train", name=self.name, recipe=recipe, seed=recipe.train.seed,
+                                   parents=[source] if source is not None else [],
                                    data_fingerprint=manifest_fingerprint(data.df, data.root),
                                    extra={"folds": self.folds, "heads": data.heads, "data_root": str(data.root),
                                           "num_processes": accelerator.num_processes})
