@@ -275,14 +275,14 @@ def test_pattern_mask_layout(tmp_path: Path) -> None:
     assert list(df.columns) == ["path", "id", "gender", "race", "age", "stem"]
     assert df["path"].tolist() == sorted(df["path"].tolist())
     assert df["path"].iloc[0] == "images/000001_female_Asian_45/incorrect_mask.jpg"
-    assert df["age"].dtype == np.int64 and df["id"].dtype == np.int64
+    assert df["age"].dtype == np.int64  # ids keep their leading zeros: they are names, not numbers
     assert sorted(set(df["age"])) == [20, 45, 60]
-    assert sorted(set(df["id"])) == [1, 2, 10]
+    assert sorted(set(df["id"])) == ["000001", "000002", "000010"]
     assert set(df["race"]) == {"Asian", "Black"}
     assert set(df["gender"]) == {"female", "male"}
     assert df["stem"].value_counts().to_dict() == {"mask": 15, "incorrect_mask": 3, "normal": 3}
     row = df[df["path"] == "images/000001_female_Asian_45/mask3.jpg"].iloc[0]
-    assert (row["id"], row["gender"], row["race"], row["age"], row["stem"]) == (1, "female", "Asian", 45, "mask")
+    assert (row["id"], row["gender"], row["race"], row["age"], row["stem"]) == ("000001", "female", "Asian", 45, "mask")
     assert df.attrs["skipped_files"] == 1
     assert df.attrs["unmatched_files"] == 0
     assert df.attrs["source"] == "pattern"

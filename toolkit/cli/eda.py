@@ -20,8 +20,9 @@ def eda(
     group: Annotated[str | None, typer.Option("--group", "-g", metavar="COL", help="Column that ties images together "
                                               "(photo, person): images per group, and duplicates across groups.",
                                               show_default=False)] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", metavar="DIR", help="Output folder [default: "
-                                             "./eda/<last part of DATA>].", show_default=False)] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", metavar="DIR", help="Output folder, outside the data "
+                                             "[default: ./eda/<last part of DATA>; run inside the data: "
+                                             "<its parent>/eda/<last part of DATA>].", show_default=False)] = None,
     workers: Annotated[int | None, typer.Option("--workers", "-j", metavar="N", help="Processes [default: all cores].",
                                                 show_default=False)] = None,
     thumbs: Annotated[int, typer.Option("--thumbs", metavar="N", help="Thumbnails per class (0: none).")] = 8,

@@ -179,13 +179,26 @@ def _classify_columns(df: pd.DataFrame, label: str | None) -> tuple[list[str], l
         n_unique = int(s.nunique(dropna=True))
         if pd.api.types.is_bool_dtype(s):
             categorical.append(col)
-        elif pd.api.types.is_numeric_dtype(s):
+        elif pd.api.types.is_numeric_dtype(s) or _is_numeric_text(s):
             (categorical if n_unique <= 20 else numeric).append(col)
         elif n_unique <= min(100, max(2, n // 2)):
             categorical.append(col)
         else:
             ident.append(col)
     return categorical, numeric, ident
+
+
+def _is_numeric_text(s: pd.Series) -> bool:
+    """Whether a text column (manifests are read as text) holds quantities such as widths or ages.
+
+    Every value must parse as a number, and none may be zero-padded: ``0042`` is a code or an id.
+    """
+    import pandas as pd
+
+    text = s.dropna().astype(str).str.strip()
+    if text.empty or text.str.fullmatch(r"[+-]?0[0-9]+.*").any():
+        return False
+    return bool(pd.to_numeric(text, errors="coerce").notna().all())
 
 
 def _counts(values: Iterable[Any]) -> dict[str, int]:

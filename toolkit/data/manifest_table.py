@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from toolkit.data.listing import absolute_root, check_root_dir, finish_manifest
+from toolkit.data.listing import absolute_root, check_root_dir, finish_manifest, is_inside, resolved
 from toolkit.errors import DataError, examples, is_missing
 from toolkit.store.tables import CSV_SUFFIXES, PARQUET_SUFFIXES, read_table
 
@@ -32,8 +32,13 @@ def _read_manifest(path: Path, path_column: str) -> pd.DataFrame:
     if suffix not in (*CSV_SUFFIXES, *PARQUET_SUFFIXES):
         raise DataError(f"manifest {path} has an unsupported suffix {suffix or '(none)'!r}",
                         "use a .csv or .parquet file")
-    # The path column is always text: a name like "0001" must not become the number 1.
-    return read_table(path, text_columns=[path_column], what="manifest")
+    # Every column is text as written: labels "06" and "6" are two classes, "0001" is an id and
+    # "NA" or "None" a class name. Only a truly empty cell is missing. Stages that need numbers
+    # (bins, fold numbers, EDA attributes) convert the column they use.
+    df = read_table(path, all_text=True, keep_default_na=False, what="manifest")
+    if path.suffix.lower() in CSV_SUFFIXES:
+        df = df.mask(df.eq(""))
+    return df
 
 
 def _normalize_rel(raw: object, roots: Sequence[str]) -> str | None:
@@ -62,6 +67,26 @@ def _normalize_rel(raw: object, roots: Sequence[str]) -> str | None:
     return norm
 
 
+def links_outside(root: Path, rels: Sequence[str]) -> list[str]:
+    """``path -> target`` for each relative path that a symlink leads out of ``root``.
+
+    The lexical check of :func:`_normalize_rel` cannot see links. Folders are resolved once each
+    (a manifest has many rows per folder); a file costs one ``lstat``, and ``realpath`` only when
+    it is a link itself.
+    """
+    root_real = resolved(root)
+    folder_ok: dict[str, bool] = {}
+    out = []
+    for rel in rels:
+        folder = posixpath.dirname(rel)
+        if folder not in folder_ok:
+            folder_ok[folder] = is_inside(root / folder, root_real)
+        path = root / rel
+        if not folder_ok[folder] or (os.path.islink(path) and not is_inside(path, root_real)):
+            out.append(f"{rel} -> {resolved(path)}")
+    return out
+
+
 def _row_list(idx: Sequence[int], values: Sequence[object]) -> str:
     items = [f"row {i + 1} ({v!r})" for i, v in zip(idx, values, strict=True)]
     return examples(items)
@@ -79,7 +104,9 @@ def manifest_from_table(
 
     Rows keep the table's own order (a test-set table often fixes the submission order);
     paths are normalized to POSIX relative form, and ``path_column`` is renamed to ``path``.
-    Every other column is kept as read. Rows are numbered from 1 in messages, header excluded.
+    Every other CSV column is kept as text, exactly as written (``06``, ``NA`` and ``None`` are
+    values; only an empty cell is missing); a Parquet column keeps its stored type. Rows are
+    numbered from 1 in messages, header excluded.
 
     Args:
         path: The ``.csv`` or ``.parquet`` file.
@@ -93,7 +120,8 @@ def manifest_from_table(
 
     Raises:
         DataError: Unsupported suffix, unreadable file, missing columns, empty labels, empty
-            paths, paths escaping the root, missing files or duplicate paths.
+            paths, paths escaping the root (also through a symlink), missing files or duplicate
+            paths.
     """
     table_path = absolute_root(path)
     root_path = absolute_root(root) if root is not None else table_path.parent
@@ -155,6 +183,14 @@ def manifest_from_table(
                         "each image must appear once; drop the repeated rows")
 
     rel_ok = [r for r in rel if r is not None]  # every None was rejected above; narrows the type
+    linked_out = links_outside(root_path, rel_ok)
+    if linked_out:
+        raise DataError(
+            f"manifest {table_path}: {len(linked_out)} path(s) lead outside the image root {root_path} "
+            f"through a symbolic link: {examples(linked_out)}",
+            "copy those images into the root, or set data.root to the folder that holds them; links whose "
+            "target stays inside the root are fine",
+        )
     missing = [r for r in rel_ok if not os.path.isfile(root_path / r)]
     if missing:
         raise DataError(
@@ -180,12 +216,12 @@ def guess_table_root(table: str | os.PathLike[str]) -> Path | None:
     """
     table = Path(table)
     try:
-        paths = read_table(table, text_columns=["path"])
+        paths = read_table(table, all_text=True, keep_default_na=False)
     except DataError:
         return None
     if "path" not in paths.columns:
         return None
-    sample = [str(p).replace("\\", "/") for p in paths["path"].dropna().head(25)]
+    sample = [str(p).replace("\\", "/") for p in paths["path"].dropna().head(25) if str(p)]
     if not sample or any(os.path.isabs(p) for p in sample):
         return None
     base = table.parent.resolve()

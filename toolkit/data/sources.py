@@ -37,9 +37,13 @@ from toolkit.data.listing import (
     absolute_root,
     check_root_dir,
     finish_manifest,
+    is_eda_output,
     is_image_name,
+    is_inside,
     list_images,
     normalize_extensions,
+    outside_root_error,
+    resolved,
     split_images,
     suffix_summary,
     walk_files,
@@ -57,7 +61,7 @@ __all__ = [
     "manifest_from_unlabeled",
 ]
 
-_INT_RE = re.compile(r"[+-]?[0-9]+")
+_PLAIN_INT_RE = re.compile(r"-?(0|[1-9][0-9]*)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -75,7 +79,9 @@ def manifest_from_folder(
 
     Each non-hidden subfolder of ``root`` is a class; images are collected recursively inside
     it. Files whose suffix is not in ``extensions`` are ignored and counted in
-    ``df.attrs["skipped_files"]``.
+    ``df.attrs["skipped_files"]``; eda output folders (they hold ``eda.json``) are left out and
+    named in ``df.attrs["ignored_dirs"]``. Symlinks are followed only where their target stays
+    inside ``root`` (see :func:`toolkit.data.listing.walk_files`).
 
     Args:
         root: Folder holding one subfolder per class.
@@ -88,16 +94,20 @@ def manifest_from_folder(
 
     Raises:
         DataError: The root is missing or not a folder, has no class subfolders, has images
-            directly in it, or a class folder holds no images.
+            directly in it, a class folder holds no images, or a symlink leads outside the root
+            (or a class folder link back to it).
     """
     exts = normalize_extensions(extensions)
     root_path = absolute_root(root)
     check_root_dir(root_path)
 
     entries = sorted(p for p in os.listdir(root_path) if not p.startswith("."))
-    class_dirs = [e for e in entries if (root_path / e).is_dir()]
+    folders = [e for e in entries if (root_path / e).is_dir()]
     top_files = [e for e in entries if not (root_path / e).is_dir()]
     top_images, top_other = split_images(top_files, exts)
+    ignored = [e for e in folders if is_eda_output(root_path / e)]
+    class_dirs = [e for e in folders if e not in ignored]
+    _check_class_links(root_path, class_dirs)
 
     if top_images:
         raise DataError(
@@ -118,9 +128,15 @@ def manifest_from_folder(
     skipped = len(top_other)
     empty: dict[str, list[str]] = {}
     counts: dict[str, int] = {}
+    outside: list[str] = []
     for cls in class_dirs:
-        files = walk_files(root_path / cls)
-        images, others = split_images(files, exts)
+        walk = walk_files(root_path / cls, root_path)
+        outside += [f"{cls}/{link}" for link in walk.outside]
+        if not walk.files and not walk.outside and walk.eda_outputs:
+            ignored.append(cls)  # holds nothing but eda output: what `clsctl eda .` once wrote (./eda/<name>)
+            continue
+        ignored += [f"{cls}/{d}" for d in walk.eda_outputs]
+        images, others = split_images(walk.files, exts)
         skipped += len(others)
         if not images:
             empty[cls] = others
@@ -129,6 +145,8 @@ def manifest_from_folder(
         paths.extend(f"{cls}/{f}" for f in images)
         labels.extend([cls] * len(images))
 
+    if outside:
+        raise outside_root_error(root_path, outside)
     if empty:
         detail = "; ".join(f"{cls}: {suffix_summary(others)}" for cls, others in empty.items())
         found = ", ".join(f"{c} ({n})" for c, n in counts.items()) or "none"
@@ -144,7 +162,31 @@ def manifest_from_folder(
     df = pd.DataFrame({"path": [paths[i] for i in order], label_column: [labels[i] for i in order]})
     df = finish_manifest(df, root_path, "folder")
     df.attrs["skipped_files"] = int(skipped)
+    df.attrs["ignored_dirs"] = sorted(ignored)
     return df
+
+
+def _check_class_links(root: Path, class_dirs: list[str]) -> None:
+    """Refuse class folders that are links leading out of the root, or back to it (a loop).
+
+    Refused rather than skipped: a class that silently goes missing changes what a model is
+    trained on, and train and predict show no notes. A link to the root (or above it) would list
+    the whole dataset again as one more class.
+    """
+    bad = []
+    for cls in class_dirs:
+        folder = root / cls
+        if not folder.is_symlink():
+            continue
+        target = resolved(folder)
+        if not is_inside(target, root) or is_inside(root, target):
+            bad.append(f"{cls} -> {target}")
+    if bad:
+        raise DataError(
+            f"{len(bad)} class folder link(s) under {root} lead outside it or back to it: {examples(bad)}",
+            "copy those images into the root, or point the data path at the folder that holds them; "
+            "links whose target stays inside the root are fine",
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -153,12 +195,14 @@ def manifest_from_folder(
 
 
 def _maybe_int(values: list[str | None]) -> pd.Series | list[str | None]:
-    """int64 when every value looks like an integer (ages, ids); otherwise unchanged.
+    """int64 when every value is an integer written plainly (ages); otherwise the text as written.
 
+    Only a plain spelling converts (``45``, not ``045`` or ``+45``): then the number prints back as
+    the path wrote it, while ``000001`` and ``1`` (an id, a class folder) would become one value.
     A column with any missing value (an optional group that did not take part) stays text,
     because int64 cannot hold a gap and a nullable Int64 would surprise downstream code.
     """
-    if not values or any(v is None or not _INT_RE.fullmatch(v) for v in values):
+    if not values or any(v is None or not _PLAIN_INT_RE.fullmatch(v) for v in values):
         return values
     try:
         return pd.Series([int(v) for v in values], dtype="int64")  # type: ignore[arg-type]
@@ -178,7 +222,8 @@ def manifest_from_pattern(
     The regex is applied with :func:`re.fullmatch` to each POSIX path relative to ``root``
     (e.g. ``images/000001_female_Asian_45/mask1.jpg``): the whole path must match, which makes
     a pattern's reach predictable. Add ``.*`` where a prefix or suffix should be free. Named
-    groups become columns; a column whose every value is an integer becomes int64.
+    groups become columns; a column whose every value is an integer written without a leading
+    zero or sign becomes int64 (``000001`` stays text).
 
     Args:
         root: Folder searched recursively for images.
@@ -208,7 +253,7 @@ def manifest_from_pattern(
                         "rename that group")
     check_root_dir(root_path)
 
-    images, others = list_images(root_path, exts)
+    images, others, ignored = list_images(root_path, exts)
 
     names = list(regex.groupindex)
     rows: dict[str, list[str | None]] = {n: [] for n in names}
@@ -237,6 +282,7 @@ def manifest_from_pattern(
     df = finish_manifest(df, root_path, "pattern")
     df.attrs["skipped_files"] = len(others)
     df.attrs["unmatched_files"] = len(unmatched)
+    df.attrs["ignored_dirs"] = ignored
     return df
 
 
@@ -265,9 +311,10 @@ def manifest_from_unlabeled(
     exts = normalize_extensions(extensions)
     root_path = absolute_root(root)
     check_root_dir(root_path)
-    images, others = list_images(root_path, exts)
+    images, others, ignored = list_images(root_path, exts)
     df = finish_manifest(pd.DataFrame({"path": images}), root_path, "unlabeled")
     df.attrs["skipped_files"] = len(others)
+    df.attrs["ignored_dirs"] = ignored
     return df
 
 
@@ -340,7 +387,7 @@ def _copy_group(df: pd.DataFrame, column: str, hint: str) -> None:
 def _looks_like_image_folder(root: Path, exts: tuple[str, ...], known_classes: Collection[str] | None) -> bool:
     """Visible subfolders, no image directly in ``root`` and, when classes are known, only class subfolders."""
     entries = [e for e in os.listdir(root) if not e.startswith(".")]
-    folders = [e for e in entries if (root / e).is_dir()]
+    folders = [e for e in entries if (root / e).is_dir() and not is_eda_output(root / e)]
     top_images = [e for e in entries if not (root / e).is_dir() and is_image_name(e, exts)]
     if not folders or top_images:
         return False

@@ -20,7 +20,7 @@ import pandas as pd
 from toolkit.data.folds import FOLD_COLUMN, SplitWarning, assign_folds, fold_report
 from toolkit.data.leakage import LeakageError, audit_leakage, leakage_message, load_duplicate_pairs
 from toolkit.data.sources import manifest_from_path
-from toolkit.errors import UsageError
+from toolkit.errors import UsageError, examples
 from toolkit.store.tables import CSV_SUFFIXES, PARQUET_SUFFIXES, write_table
 
 if TYPE_CHECKING:
@@ -173,6 +173,10 @@ def make_split(
         notes.append("the manifest has a 'group' column but no --group was given: groups may straddle folds")
     if FOLD_COLUMN in df.columns:
         notes.append(f"the source's own {FOLD_COLUMN!r} column was replaced")
+    ignored = df.attrs.get("ignored_dirs") or []
+    if ignored:
+        notes.append(f"left out {len(ignored)} eda output folder(s) inside the image root, not data: "
+                     f"{examples(ignored)} (move them out of the data)")
     df = df.assign(**{FOLD_COLUMN: fold})
     pairs = load_duplicate_pairs(df, hashes=hashes) if (dedup or hashes is not None) else None
 

@@ -30,7 +30,8 @@ import numpy as np
 
 from toolkit.data.eda import EdaMeasurement, check_eda_inputs, measure_dataset
 from toolkit.data.eda_pass import THUMB_SIDE
-from toolkit.errors import ImageError
+from toolkit.data.listing import is_inside
+from toolkit.errors import ImageError, UsageError
 from toolkit.imaging.decode import load_image
 from toolkit.imaging.duplicates import DEFAULT_NEAR_DISTANCE
 from toolkit.progress import Progress, as_progress
@@ -41,13 +42,56 @@ if TYPE_CHECKING:
     import pandas as pd
     from PIL import Image
 
-__all__ = ["default_out_dir", "eda_from_path", "run_eda"]
+__all__ = ["check_out_dir", "default_out_dir", "eda_from_path", "run_eda"]
 
 
-def default_out_dir(data: str | os.PathLike[str]) -> Path:
-    """``./eda/<last part of DATA>``: next to where the command runs, never inside the data."""
-    name = Path(os.path.abspath(os.path.expanduser(os.fspath(data)))).name or "data"
-    return Path("eda") / name
+def default_out_dir(data: str | os.PathLike[str], image_root: str | os.PathLike[str] | None = None) -> Path:
+    """``./eda/<last part of DATA>``: next to where the command runs, never inside the data.
+
+    Run from inside ``image_root`` (``clsctl eda .`` in an ImageFolder), that folder would be in the
+    data, so the default moves next to the data: ``<parent of the root>/eda/<last part of DATA>``.
+
+    Raises:
+        UsageError: The root has no parent to write next to (the file-system root).
+    """
+    absolute = Path(os.path.abspath(os.path.expanduser(os.fspath(data))))
+    name = absolute.name or "data"
+    out = Path("eda") / name
+    if image_root is None or not is_inside(out, image_root):
+        return out
+    root = Path(os.path.abspath(image_root))
+    out = root.parent / "eda" / name
+    if root.parent == root or is_inside(out, image_root):
+        raise UsageError(f"no place for the eda folder outside the image root {root}",
+                         "pass --out a folder outside the data")
+    return out
+
+
+def _listed_root(manifest_df: pd.DataFrame, root: str | os.PathLike[str] | None) -> str | None:
+    """The image root when the source lists a folder (then anything written into it is read back)."""
+    if manifest_df.attrs.get("source") == "table":
+        return None  # a table names its images: files beside them are never read as data
+    found = root if root is not None else manifest_df.attrs.get("root")
+    return None if found is None else os.fspath(found)
+
+
+def check_out_dir(manifest_df: pd.DataFrame, root: str | os.PathLike[str] | None,
+                  out_dir: str | os.PathLike[str]) -> None:
+    """Refuse an output folder inside a listed image root: its PNGs would be read as images.
+
+    In an ImageFolder the folder would become a class, in a folder of test images the plots
+    would be predicted. Symlinks count where they lead.
+
+    Raises:
+        UsageError: ``out_dir`` is inside the root of a folder, pattern or builtin source.
+    """
+    image_root = _listed_root(manifest_df, root)
+    if image_root is not None and is_inside(out_dir, image_root):
+        raise UsageError(
+            f"--out {out_dir} is inside the image root {image_root}: its plots would be read as images "
+            "(a new class) the next time the data is listed",
+            "pass --out a folder outside the data, or leave it out (the default is outside the data)",
+        )
 
 
 def _slug(name: str) -> str:
@@ -90,10 +134,12 @@ def run_eda(manifest_df: pd.DataFrame, root: str | os.PathLike[str] | None = Non
 
     Raises:
         DataError: No ``path`` column, no root, or an empty manifest.
-        UsageError: A negative ``thumbs`` or a ``near_dup_distance`` outside 0..32.
+        UsageError: A negative ``thumbs``, a ``near_dup_distance`` outside 0..32, or ``out_dir``
+            inside the image root of a source that lists a folder (see :func:`check_out_dir`).
     """
     # The arguments are checked before the folder is made, the folder before the long pass.
     check_eda_inputs(manifest_df, root, thumbs=thumbs, near_dup_distance=near_dup_distance)
+    check_out_dir(manifest_df, root, out_dir)
     files = PageFiles(out_dir)
     task = as_progress(progress).task("eda", len(manifest_df))
     try:
@@ -188,7 +234,7 @@ def eda_from_path(data: str | os.PathLike[str], *, manifest: str | os.PathLike[s
         manifest: A CSV/Parquet table with a ``path`` column relative to ``data``.
         pattern: A regex with named groups over each relative path (``label`` is the class).
         group: A column that ties images together (photo, person), copied into ``group``.
-        out: Folder to write into; default :func:`default_out_dir` of ``data``.
+        out: Folder to write into, outside the data; default :func:`default_out_dir` of ``data``.
         workers: Processes for the pass; ``None`` = all cores.
         thumbs: Thumbnails per class (0 = none).
         seed: Show a seeded sample of each class instead of its first images.
@@ -205,7 +251,7 @@ def eda_from_path(data: str | os.PathLike[str], *, manifest: str | os.PathLike[s
     from toolkit.data.sources import manifest_from_path
 
     df = manifest_from_path(data, manifest=manifest, pattern=pattern, group=group)
-    out_dir = Path(out) if out is not None else default_out_dir(data)
+    out_dir = Path(out) if out is not None else default_out_dir(data, _listed_root(df, None))
     report = run_eda(df, None, out_dir, workers=workers, thumbs=thumbs, seed=seed, progress=progress,
                      near_dup_distance=DEFAULT_NEAR_DISTANCE if near_dup_distance is None else near_dup_distance)
     return report, out_dir
