@@ -78,11 +78,17 @@ def _print(result: Any) -> None:
             console.print(f"skipped {view}: {why}")
         gains = ", ".join(f"{c} {g:+.4f}" for c, g in auto["gain_per_class"].items())
         console.print(f"chosen: {auto['chosen']} — recall gain per class vs none: {gains}")
+    for note in result.notes:
+        console.print(f"warning: {note}", soft_wrap=True)  # one line, whatever the path's length
     views = ", ".join(result.views)
     console.print(f"{result.n} images ({result.source}), folds {result.folds}, views [{views}], {result.combine}: "
                   f"{result.seconds:.1f}s, {result.img_s:.0f} img/s")
     if result.scores is not None:
         s = result.scores
+        if s["n"] < result.n:
+            why = {"unlabeled": "without a label", "unknown_class": "of a class the run does not know"}
+            left = ", ".join(f"{n} {why.get(k, k)}" for k, n in result.unscored.items())
+            console.print(f"scored {s['n']} of {result.n} images ({left})")
         console.print(f"accuracy {s['accuracy']:.4f} | macro_f1 {s['macro_f1']:.4f} | "
                       f"balanced_accuracy {s['balanced_accuracy']:.4f}")
         table = Table("class", "recall", "support", box=None)

@@ -12,7 +12,15 @@ See :mod:`toolkit.predict.tta` for the views and :mod:`toolkit.predict.submissio
 
 from __future__ import annotations
 
-from toolkit.predict.engine import Inference, check_input_sizes, combine_views, pipelines_for, select_folds
+from toolkit.predict.engine import (
+    FoldStatus,
+    Inference,
+    check_input_sizes,
+    combine_views,
+    fold_status,
+    pipelines_for,
+    select_folds,
+)
 from toolkit.predict.inputs import PredictionInput, read_input
 from toolkit.predict.predictor import PredictResult, choose_tta, default_name, predict, score_predictions
 from toolkit.predict.submission import align_to_sample, build_submission, read_sample
@@ -21,6 +29,7 @@ from toolkit.predict.tta import AUTO_POLICIES, VIEW_NAMES, View, build_views, pa
 __all__ = [
     "AUTO_POLICIES",
     "VIEW_NAMES",
+    "FoldStatus",
     "Inference",
     "PredictResult",
     "PredictionInput",
@@ -32,6 +41,7 @@ __all__ = [
     "choose_tta",
     "combine_views",
     "default_name",
+    "fold_status",
     "parse_tta",
     "pipelines_for",
     "predict",

@@ -12,6 +12,7 @@ import os
 import random
 import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,18 +32,91 @@ from toolkit.store import Run
 
 
 # --------------------------------------------------------------------------- runs → models
-def select_folds(run: Run, spec: str | int | None, available: Sequence[int]) -> list[int]:
-    """``all`` → every fold with a checkpoint; ``best`` → the best fold by the run's selection score; ``K``/``0,2``."""
-    if not available:
+@dataclass(frozen=True)
+class FoldStatus:
+    """How far each fold of a train run got.
+
+    Attributes:
+        folds: every fold the run trains (``run.json``), or has a checkpoint or a done record of.
+        finished: folds with a done record and a checkpoint: the only ones predict uses.
+        unfinished: folds without a done record: stopped mid-training (their checkpoint is the best
+            epoch *so far*) or never started.
+        lost: folds with a done record whose checkpoint is gone.
+    """
+
+    folds: list[int]
+    finished: list[int]
+    unfinished: list[int]
+    lost: list[int]
+
+
+def fold_status(run: Run) -> FoldStatus:
+    """Which folds of ``run`` finished, which did not, and which lost their checkpoint."""
+    checkpoints = set(run.checkpoint_folds())
+    folds = sorted({int(k) for k in run.info.get("folds") or []} | checkpoints)
+    done = {k for k in folds if run.read_fold_done(k) is not None}
+    return FoldStatus(folds=folds, finished=sorted(done & checkpoints), unfinished=sorted(set(folds) - done),
+                      lost=sorted(done - checkpoints))
+
+
+def _fold_problems(run: Run, status: FoldStatus, folds: Sequence[int]) -> tuple[str, str]:
+    """What keeps ``folds`` from being predicted with, and how to fix it; empty strings when nothing does."""
+    unfinished = [k for k in folds if k in status.unfinished]
+    lost = [k for k in folds if k in status.lost]
+    what, how = [], []
+    if unfinished:
+        started = [k for k in unfinished if k in set(run.checkpoint_folds())]
+        detail = f"; {_listed(started)} only {'has' if len(started) == 1 else 'have'} a mid-training checkpoint" \
+            if started else ""
+        what.append(f"{_listed(unfinished)} did not finish (run {run.status}{detail})")
+        training = run.status == "running" and not run.stale
+        how.append("wait for the training to finish" if training else f"`clsctl train --resume {run.id}` finishes them")
+    if lost:
+        where = f"folds/{lost[0]}/model.safetensors is" if len(lost) == 1 else "folds/<k>/model.safetensors are"
+        what.append(f"{_listed(lost)} finished but {where} missing")
+        how.append("retrain the run to get it back")
+    if status.finished:
+        how.append(f"or `--folds {','.join(map(str, status.finished))}` predicts with the finished fold(s) only")
+    return "; ".join(what), ", ".join(how)
+
+
+def _listed(folds: Sequence[int]) -> str:
+    return ("fold " if len(folds) == 1 else "folds ") + ", ".join(map(str, folds))
+
+
+def select_folds(run: Run, spec: str | int | None, status: FoldStatus | None = None) -> list[int]:
+    """``all`` → every fold; ``best`` → the best fold by the run's selection score; ``K``/``0,2``.
+
+    Only finished folds are predicted with: a fold that stopped mid-training has a checkpoint, but of
+    the best epoch *so far*, and averaging over the folds that happen to exist changes the model
+    silently. So ``all`` and ``best`` refuse a run with an unfinished fold or a missing checkpoint, and
+    so does a list that names one; a list of finished folds is how to predict with fewer.
+
+    Raises:
+        RunError: the run has no checkpoints, or ``all``/``best`` meet a fold that is not finished.
+        UsageError: a fold that does not exist or is not finished was named.
+    """
+    status = status or fold_status(run)
+    if not run.checkpoint_folds():
         raise RunError(f"run {run.id} has no fold checkpoints (folds/<k>/model.safetensors)",
                        "predict from a train run whose folds finished (clsctl ensemble combines other runs)")
     text = "all" if spec is None else str(spec).strip().lower()
-    if text != "best":
-        return parse_fold_selection(text, list(available))
+    if text in ("all", "best"):
+        what, how = _fold_problems(run, status, status.folds)
+        if what:
+            raise RunError(f"run {run.id}: {what}", how)
+    else:
+        chosen = parse_fold_selection(text, status.folds)
+        what, how = _fold_problems(run, status, chosen)
+        if what:
+            raise UsageError(f"--folds {spec}: {what}", how)
+        return chosen
+    if text == "all":
+        return list(status.finished)
     summary = run.summary
     metric = summary.get("metric") or "macro_f1"
     best, best_score = None, None
-    for k in available:
+    for k in status.finished:
         score = (summary.get("folds", {}).get(str(k)) or {}).get("best_score")
         if score is None:
             continue

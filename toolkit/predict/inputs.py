@@ -1,21 +1,24 @@
 """What ``clsctl predict`` reads: an unlabeled folder, a manifest, or an ImageFolder (which it also scores).
 
-A folder is an ImageFolder when it holds no images at its top level and every subfolder is named
-after one of the run's classes; anything else is a folder of unlabeled images, listed recursively.
-A manifest is a CSV/Parquet file with a path column, relative to ``root`` (default: its folder); it
-is labeled when it holds the run's target columns with known class names.
+A folder is an ImageFolder when it holds no images at its top level and its subfolders are named
+after the run's classes; anything else is a folder of unlabeled images, listed recursively. Subfolders
+of an ImageFolder that are not classes of the run are predicted but not scored, with a note saying so
+(the user still gets every image's prediction, and a score that is not diluted by classes the model
+cannot know). A manifest is a CSV/Parquet file with a path column, relative to ``root`` (default: its
+folder); it is labeled when it holds the run's target columns with known class names. Rows whose label
+is empty are predicted and left out of the score; a label the run does not know is an error.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
 
-from toolkit.config.schema import Recipe
+from toolkit.config.schema import Recipe, TargetsConfig
 from toolkit.errors import DataError, examples
 from toolkit.store.tables import read_table
 
@@ -29,7 +32,10 @@ class PredictionInput:
         root: absolute folder the paths are relative to.
         name: a default name for the prediction set (the folder's or the manifest's name).
         source: ``folder`` (unlabeled), ``imagefolder`` or ``manifest``.
-        targets: head → class index per row, for labeled data; empty when unlabeled.
+        targets: head → class index per row, -1 where the row is not scored; empty when no row is.
+        unscored: why rows with an index of -1 are not scored: ``unlabeled`` (an empty label) and
+            ``unknown_class`` (an ImageFolder subfolder that is not a class of the run) → row count.
+        notes: warnings for the user, one line each.
     """
 
     df: pd.DataFrame
@@ -37,10 +43,19 @@ class PredictionInput:
     name: str
     source: str
     targets: dict[str, np.ndarray]
+    unscored: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def labeled(self) -> bool:
         return bool(self.targets)
+
+    @property
+    def scored_rows(self) -> np.ndarray:
+        """Indices of the rows with a label of every head."""
+        if not self.targets:
+            return np.zeros(0, dtype=np.int64)
+        return np.flatnonzero(np.all([t >= 0 for t in self.targets.values()], axis=0))
 
     @property
     def paths(self) -> list[str]:
@@ -68,6 +83,72 @@ def _labels(df: pd.DataFrame, heads: list[str], classes: dict[str, list[str]], w
     return out
 
 
+def _source_columns(targets: TargetsConfig, column: str, seen: frozenset[str] = frozenset()) -> set[str]:
+    """The manifest columns a target column is read or derived from (``[targets]`` maps, bins, combines)."""
+    if column in seen:  # a map that replaces its own source column (a map named `label` over `label`)
+        return {column}
+    seen = seen | {column}
+    if column in targets.combine:
+        parts = list(targets.combine[column].columns)
+    elif column in targets.bins:
+        parts = [targets.bins[column].column]
+    elif column in targets.maps:
+        parts = [targets.maps[column].column]
+    else:
+        return {column}
+    return set().union(*(_source_columns(targets, part, seen) for part in parts))
+
+
+def _empty(values: pd.Series) -> np.ndarray:
+    return (values.isna() | values.astype(str).str.strip().eq("")).to_numpy()
+
+
+def _row_labels(df: pd.DataFrame, recipe: Recipe, heads: list[str], classes: dict[str, list[str]], where: str,
+                strict: bool, skip: np.ndarray) -> tuple[dict[str, np.ndarray], int]:
+    """Class indices per head, -1 in rows not scored (``skip``, or an empty label); and how many were empty.
+
+    Only rows with every label filled in are derived and checked: a test manifest often has the label
+    column of its training manifest with most cells blank, and a blank is not a class name.
+    """
+    from toolkit.data.targets import apply_targets
+
+    sources = sorted(set().union(*(_source_columns(recipe.targets, h) for h in heads)) & set(df.columns))
+    if not sources:
+        return {}, 0
+    empty = np.any([_empty(df[c]) for c in sources], axis=0) & ~skip
+    keep = ~empty & ~skip
+    if not keep.any():
+        return {}, int(empty.sum())
+    try:
+        derived = apply_targets(df[keep], recipe.targets, require_label=False)
+    except DataError:
+        derived = df[keep]  # columns that look like targets but do not derive cleanly: predict without scoring
+    found = _labels(derived, heads, classes, where, strict)
+    if not found:
+        return {}, 0
+    out = {}
+    for h, index in found.items():
+        out[h] = np.full(len(df), -1, dtype=np.int64)
+        out[h][keep] = index
+    return out, int(empty.sum())
+
+
+def _image_folder_with_unknown_classes(path: Path, df: pd.DataFrame, recipe: Recipe, known: list[str]
+                                       ) -> pd.DataFrame | None:
+    """``path`` as an ImageFolder when it looks like one whose subfolders are only partly the run's classes.
+
+    Every image must lie in a subfolder and at least one subfolder must be a class; otherwise the folder
+    stays a folder of unlabeled images (test sets split into ``batch1/``, ``batch2/``... are common).
+    """
+    from toolkit.data.sources import manifest_from_path
+
+    tops = [PurePosixPath(p).parts for p in df["path"]]
+    if not known or any(len(parts) < 2 for parts in tops) or not {parts[0] for parts in tops} & set(known):
+        return None
+    folder = manifest_from_path(path, extensions=list(recipe.data.extensions), label_column=recipe.data.label_column)
+    return folder if folder.attrs["source"] == "folder" else None
+
+
 def read_input(data: str | Path, recipe: Recipe, heads: list[str], classes: dict[str, list[str]], *,
                root: str | Path | None = None) -> PredictionInput:
     """List the images to predict and find their labels, if any.
@@ -84,7 +165,6 @@ def read_input(data: str | Path, recipe: Recipe, heads: list[str], classes: dict
         DataError: missing data, no images, bad manifest, labels with unknown class names.
     """
     from toolkit.data.sources import manifest_from_path, row_ids
-    from toolkit.data.targets import apply_targets
 
     path = Path(os.path.abspath(os.path.expanduser(os.fspath(data))))
     if not path.exists():
@@ -99,24 +179,33 @@ def read_input(data: str | Path, recipe: Recipe, heads: list[str], classes: dict
         if "path" not in columns and recipe.data.path_column in columns:
             path_col = recipe.data.path_column
     # A folder is scored as an ImageFolder only when its subfolders are this run's classes.
-    known = classes[heads[0]] if len(heads) == 1 else ()
+    known = classes[heads[0]] if len(heads) == 1 else []
     df = manifest_from_path(path, root=root if is_table else None, extensions=list(recipe.data.extensions),
                             label_column=recipe.data.label_column, path_column=path_col, known_classes=known)
+    notes: list[str] = []
+    skip = np.zeros(len(df), dtype=bool)
+    if df.attrs["source"] == "unlabeled":
+        folder = _image_folder_with_unknown_classes(path, df, recipe, known)
+        if folder is not None:
+            df = folder
+            label = df[recipe.data.label_column].astype(str)
+            skip = ~label.isin(known).to_numpy()
+            unknown = sorted(set(label[skip]))
+            notes.append(f"{path}: subfolder(s) {examples(unknown)} are not classes of the run (its classes: "
+                         f"{', '.join(known)}); their {int(skip.sum())} image(s) are predicted but not scored")
     source = {"folder": "imagefolder", "unlabeled": "folder", "table": "manifest"}[df.attrs["source"]]
     name = path.stem if is_table else path.name
     root_path = Path(df.attrs["root"])
     if len(df) == 0:
         raise DataError(f"no images to predict in {path}", "check the folder or the manifest")
-    try:
-        derived = apply_targets(df, recipe.targets, require_label=False)
-    except DataError:
-        derived = df  # columns that look like targets but do not derive cleanly: predict without scoring
-    targets = _labels(derived, heads, classes, str(path), strict=source != "folder")
     df = df.reset_index(drop=True)
+    targets, empty = _row_labels(df, recipe, heads, classes, str(path), strict=source != "folder", skip=skip)
+    unscored = {"unlabeled": empty, "unknown_class": int(skip.sum())} if targets else {}
     ids = row_ids(df, stems=True)
     df = df.drop(columns=["id"]) if "id" in df.columns else df
     df.insert(0, "id", ids)
     if not df["id"].is_unique:
         dup = df.loc[df["id"].duplicated(), "id"].astype(str).tolist()
         raise DataError(f"{path}: duplicate ids {examples(dup)}", "give every image a unique id column")
-    return PredictionInput(df=df, root=root_path, name=name, source=source, targets=targets)
+    return PredictionInput(df=df, root=root_path, name=name, source=source, targets=targets,
+                           unscored={k: v for k, v in unscored.items() if v}, notes=notes)

@@ -28,7 +28,7 @@ from toolkit.data.training import run_image_root
 from toolkit.errors import DataError, RunError, UsageError, examples
 from toolkit.metrics import classification_metrics, is_better, metric_direction, multihead_metrics
 from toolkit.models.checkpoint import FoldModel, load_fold_model
-from toolkit.predict.engine import Inference, check_input_sizes, combine_views, select_folds
+from toolkit.predict.engine import Inference, check_input_sizes, combine_views, fold_status, select_folds
 from toolkit.predict.inputs import PredictionInput, read_input
 from toolkit.predict.tta import AUTO_POLICIES, build_views, parse_tta, spec_slug, view_sizes
 from toolkit.progress import Progress
@@ -48,8 +48,10 @@ class PredictResult:
         ids, paths: one per image, in output order.
         classes: class list per head; ``probs``: probabilities per head ``[N, C]``.
         folds, views, combine: how it was predicted.
-        scores: metrics when the data had labels (single head: ``classification_metrics``;
-            multi-head: ``multihead_metrics`` with the combined label).
+        scores: metrics of the labeled rows, when there are any (single head: ``classification_metrics``;
+            multi-head: ``multihead_metrics`` with the combined label); ``scores["n"]`` rows were scored.
+        unscored: rows predicted but not scored, by reason (``unlabeled``, ``unknown_class``).
+        notes: warnings about the input, one line each.
         files: written files by kind (``parquet``, ``csv``, ``json``, ``tta``).
         seconds, img_s: time of the inference loop (decode + transforms + forward), images per second.
         tta_auto: the ``--tta auto`` comparison, when asked for.
@@ -72,6 +74,8 @@ class PredictResult:
     tta_auto: dict[str, Any] | None = None
     source: str = ""
     main: bool = True
+    unscored: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def n(self) -> int:
@@ -264,12 +268,15 @@ def predict(run, data: str | Path, *, tta: str | Sequence[str] | None = None, fo
         write: write the files (False: only return the result).
 
     Raises:
-        RunError: not a train run, no checkpoints. UsageError: bad views/folds/combine.
-        DataError: bad data, sample submission mismatches.
+        RunError: not a train run, no checkpoints, unfinished folds (``all``/``best``).
+        UsageError: bad name/views/folds/combine/batch size. DataError: bad data, sample submission mismatches.
     """
+    if batch_size is not None and batch_size < 1:
+        raise UsageError(f"--batch-size {batch_size}: a batch holds at least one image",
+                         "pass 1 or more, or leave it out for twice the training batch")
     run = _open_run(run, runs_root)
     if name is not None:
-        run.prediction_path(name)  # a name that is not a plain file name fails before any work
+        _check_name(run, name)
     recipe = run.read_recipe()
     heads, classes = run.read_classes()
     combine = combine or recipe.tta.combine
@@ -277,8 +284,8 @@ def predict(run, data: str | Path, *, tta: str | Sequence[str] | None = None, fo
         raise UsageError(f"--combine {combine!r} is not one of {', '.join(COMBINES)}", "use mean_prob or mean_logit")
     auto = isinstance(tta, str) and tta.strip().lower() == "auto"
     view_names = parse_tta(recipe.tta.views if tta is None else ([] if auto else tta))
-    available = run.checkpoint_folds()
-    selected = select_folds(run, folds, available)
+    fold_states = fold_status(run)
+    selected = select_folds(run, folds, fold_states)
     inputs: PredictionInput = read_input(data, recipe, heads, classes, root=root)
     sample = None
     if sample_submission is not None:
@@ -301,19 +308,30 @@ def predict(run, data: str | Path, *, tta: str | Sequence[str] | None = None, fo
     sizes = models[0].record.head_sizes
     probs = dict(zip(heads, combine_views(logits, sizes, combine, axes=(0, 1)), strict=True))
     result = PredictResult(
-        run=run, name=name or default_name(inputs.name, view_names, selected, available, auto),
+        run=run, name=name or default_name(inputs.name, view_names, selected, fold_states.folds, auto),
         ids=inputs.df["id"].astype(str).tolist(), paths=inputs.df["path"].astype(str).tolist(), classes=classes,
         probs=probs, folds=selected, views=view_names, combine=combine, seconds=seconds,
         img_s=len(inputs.paths) / max(seconds, 1e-9), tta_auto=auto_report, source=inputs.source,
-        main=engine.accelerator.is_main_process)
+        main=engine.accelerator.is_main_process, unscored=dict(inputs.unscored), notes=list(inputs.notes))
     if inputs.labeled:
-        result.scores = score_predictions(inputs.targets, probs, classes, heads)
+        rows = inputs.scored_rows
+        result.scores = score_predictions({h: t[rows] for h, t in inputs.targets.items()},
+                                          {h: p[rows] for h, p in probs.items()}, classes, heads)
     # Build the submission before writing anything, so a mismatching sample leaves no files behind.
     submission = _submission(result, recipe, heads, sample, sample_submission)
     if write and result.main:
         _write(result, submission, inputs, data, sample_submission)
     engine.accelerator.wait_for_everyone()
     return result
+
+
+def _check_name(run: Run, name: str) -> None:
+    """Refuse a prediction-set name that is not a plain file name, before any work is done."""
+    try:
+        run.prediction_path(name)  # the store owns the rule, and refuses `../run` or `/abs/path`
+    except RunError as exc:
+        raise UsageError(f"--name {name!r} is not a plain name (the set is written as predictions/<name>.* "
+                         "inside the run)", exc.hint) from None
 
 
 def _submission(result: PredictResult, recipe, heads: list[str], sample, sample_path):  # noqa: ANN001, ANN202
@@ -338,7 +356,8 @@ def _write(result: PredictResult, submission: pd.DataFrame, inputs: PredictionIn
         "name": result.name, "data": str(Path(data).absolute()), "root": str(inputs.root), "source": inputs.source,
         "n": result.n, "folds": result.folds, "views": result.views, "combine": result.combine,
         "classes": result.classes, "sample_submission": str(sample_path) if sample_path is not None else None,
-        "scores": scores, "seconds": round(result.seconds, 3), "img_s": round(result.img_s, 2),
+        "scores": scores, "unscored": result.unscored, "notes": result.notes,
+        "seconds": round(result.seconds, 3), "img_s": round(result.img_s, 2),
         "tta_auto": result.tta_auto["chosen"] if result.tta_auto else None,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
     }
