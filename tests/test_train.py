@@ -196,7 +196,8 @@ def test_resume_skips_finished_folds_and_rejects_recipe(images, tmp_path):
     assert cli(["train", "--recipe", str(recipe), "--runs", str(runs), "--folds", "0"]) == 0
     run_dir = _only_run(runs)
     before = (run_dir / "folds/0/model.safetensors").stat().st_mtime_ns
-    assert cli(["train", "--resume", run_dir.name, "--runs", str(runs)]) == 0
+    # The run records --folds 0; an explicit --folds all extends it to fold 1 (without it, fold 0 only).
+    assert cli(["train", "--resume", run_dir.name, "--runs", str(runs), "--folds", "all"]) == 0
     assert (run_dir / "folds/0/model.safetensors").stat().st_mtime_ns == before
     assert (run_dir / "folds/1/done.json").is_file()
     assert len(pd.read_parquet(run_dir / "oof.parquet")) == 36

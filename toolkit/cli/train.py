@@ -12,7 +12,10 @@ from toolkit.cli.options import NameOpt, RecipeOpt, RunsOpt, SetOpt
 def train(
     recipe: RecipeOpt = None,
     set_: SetOpt = None,
-    folds: Annotated[str, typer.Option("--folds", help="Folds to train: all, one number, or a list like 0,2.")] = "all",
+    # None, not "all": --resume must tell an omitted --folds (the run's own folds) from an explicit --folds all.
+    folds: Annotated[str | None, typer.Option(
+        "--folds", help="Folds to train: all, one number, or a list like 0,2 [default: all; with --resume the "
+        "run's own folds, and a list that includes them adds folds].", show_default=False)] = None,
     name: NameOpt = None,
     resume: Annotated[str | None, typer.Option("--resume", help="Continue an interrupted or failed run "
                                                 "(folder, id or name) from its last completed epoch.",

@@ -40,6 +40,7 @@ from toolkit.errors import RunError
 from toolkit.store import provenance
 from toolkit.store.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from toolkit.store.files import RunFiles
+from toolkit.store.lock import folder_lock
 
 __all__ = ["FORMAT_VERSION", "RUN_JSON", "Run", "RunStatus", "default_runs_root", "is_run_dir", "run_holding", "slugify"]
 
@@ -435,6 +436,17 @@ class Run(RunFiles):
                 signal.signal(signum, old if old is not None else signal.SIG_DFL)
 
         return restore
+
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        """Hold this run's exclusive lock for a block: what a trainer does for as long as it trains.
+
+        A second trainer (e.g. two ``clsctl train --resume`` of one run) is refused at once instead of
+        writing every epoch twice. The lock goes with the process however it ends, so it is never stale.
+
+        Raises:
+            RunError: Another process holds the lock (its pid is named when known).
+        """
+        return folder_lock(self.path, f"run {self.id}")
 
     def __enter__(self) -> Run:
         manager = self.activate()

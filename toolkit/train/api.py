@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from toolkit.train.callbacks import Callback
 
 
-def train(recipe: Recipe, *, runs_root: str | Path | None = None, name: str | None = None, folds: str | None = "all",
+def train(recipe: Recipe, *, runs_root: str | Path | None = None, name: str | None = None, folds: str | None = None,
           resume: str | Path | Run | None = None, callbacks: Sequence[Callback] = (),
           progress: Progress | bool | None = None) -> Run:
     """Train every selected fold of ``recipe`` into one run folder; return the run.
@@ -29,7 +29,8 @@ def train(recipe: Recipe, *, runs_root: str | Path | None = None, name: str | No
         recipe: The resolved recipe.
         runs_root: Folder of run folders (default ``$CLSCTL_RUNS`` or ``./runs``).
         name: Run name (default the recipe's).
-        folds: ``all``, one fold, or a list such as ``0,2``.
+        folds: ``all``, one fold, or a list such as ``0,2``. None: every fold for a new run, the run's
+            recorded folds on resume (an explicit selection must include those; it adds the others).
         resume: A run (folder, id or name) to continue.
         callbacks: Callbacks run after the built-in ones, e.g. a sweep's pruning
             (see :class:`toolkit.train.callbacks.Callback`).
@@ -38,6 +39,8 @@ def train(recipe: Recipe, *, runs_root: str | Path | None = None, name: str | No
     Raises:
         RecipeError: The recipe names no data, or a value or name in it is invalid.
         DataError: The data cannot be used as asked.
+        RunError: The run to resume is in use by another process, or is not a train run.
+        UsageError: ``folds`` would drop folds the resumed run records.
         TrainingError: Training cannot go on (e.g. a non-finite loss).
     """
     check_recipe(recipe)
@@ -61,7 +64,7 @@ def resume_recipe(run_ref: str | Path, runs_root: str | Path | None = None) -> R
     return run.read_recipe()
 
 
-def run_training(recipe_path: str | Path | None, overrides: Sequence[str] = (), *, folds: str | None = "all",
+def run_training(recipe_path: str | Path | None, overrides: Sequence[str] = (), *, folds: str | None = None,
                  name: str | None = None, resume: str | Path | None = None, runs_root: str | Path | None = None,
                  callbacks: Sequence[Callback] = (), progress: Progress | bool | None = None) -> Run:
     """What ``clsctl train`` does: load the recipe (or the resumed run's own) and train it.

@@ -16,6 +16,7 @@ Only the main process writes, and every file is written through the run's store 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -29,7 +30,7 @@ import torch
 
 from toolkit.config.schema import Recipe, recipe_to_dict
 from toolkit.data.training import bad_images_error, load_training_data, parse_fold_selection
-from toolkit.errors import RunError
+from toolkit.errors import RunError, UsageError
 from toolkit.metrics import is_better
 from toolkit.progress import NullProgress, Progress, as_progress
 from toolkit.runtime import cores, make_accelerator
@@ -49,9 +50,11 @@ class Trainer:
         recipe: The resolved recipe.
         runs_root: Folder of run folders (default ``$CLSCTL_RUNS`` or ``./runs``).
         name: Run name (default the recipe's).
-        folds: ``all``, one fold, or a list such as ``0,2``.
+        folds: ``all``, one fold, or a list such as ``0,2``; None is every fold for a new run and the
+            recorded folds on resume.
         resume: A run (folder, id or name) to continue: finished folds are skipped, an unfinished
-            fold continues from its last saved epoch.
+            fold continues from its last saved epoch. Training holds the run's lock throughout, so a
+            second trainer on the same run fails at once.
         callbacks: More callbacks, run after the built-in ones (see :mod:`toolkit.train.callbacks`).
         progress: Where progress goes; None prints plain lines, False shows nothing. Only the main
             process reports.
@@ -62,7 +65,7 @@ class Trainer:
     """
 
     def __init__(self, recipe: Recipe, *, runs_root: str | Path | None = None, name: str | None = None,
-                 folds: str | None = "all", resume: str | Path | Run | None = None,
+                 folds: str | None = None, resume: str | Path | Run | None = None,
                  callbacks: Sequence[Callback] = (), progress: Progress | bool | None = None) -> None:
         self.recipe = recipe
         self.runs_root = runs_root
@@ -95,62 +98,131 @@ class Trainer:
             recipe.train.precision, gradient_accumulation_steps=recipe.train.grad_accum,
             log_with=recipe.train.log_with or None, step_scheduler_with_optimizer=False)
         self.progress = as_progress(self.requested_progress) if accelerator.is_main_process else NullProgress()
-        self.data = data = load_training_data(recipe)
-        self.folds = parse_fold_selection(self.fold_spec, data.fold_ids)
-        self.folder = run = self._open_run()
-        if recipe.train.log_with:
-            accelerator.init_trackers(run.id, config=_flat_config(recipe_to_dict(recipe)))
-        self._warm_cache()
-        self.callbacks = [*default_callbacks(recipe, self.progress, self.folds), *self.extra_callbacks]
-        if accelerator.is_main_process:
-            with run.activate():
+        # The run's lock is held until training ends, however it ends (the OS drops it if the process dies).
+        with contextlib.ExitStack() as held:
+            resumed = self._resumed_run(held)
+            self.data = load_training_data(recipe)
+            self.folds = self._fold_selection(resumed)
+            # Before a new run's folder exists, or a resumed run is marked running: an undecodable image
+            # then leaves no run behind, and a Ctrl-C leaves a resumed run as it was (interrupted).
+            warmed = self._warm_cache()
+            self.folder = run = self._open_run(resumed, held)
+            self.callbacks = [*default_callbacks(recipe, self.progress, self.folds), *self.extra_callbacks]
+            if accelerator.is_main_process:
+                with run.activate():
+                    self._start(warmed)
+                    self._train_folds()
+            else:
+                self._start(warmed)
                 self._train_folds()
-        else:
-            self._train_folds()
-        if recipe.train.log_with:
-            accelerator.end_training()
+            if recipe.train.log_with:
+                accelerator.end_training()
         return run
 
-    def _open_run(self) -> Run:
-        """Create the run folder (or open the one to resume) on the main process; every process gets it."""
+    def _resumed_run(self, held: contextlib.ExitStack) -> Run | None:
+        """The run to resume, locked before any data is read so a second trainer fails at once; None if new."""
+        if self.resume is None:
+            return None
+        run = RunStore(self.runs_root).open(self.resume)
+        if run.kind != "train":
+            raise RunError(f"--resume {self.resume}: run {run.id} is a `{run.kind}` run", "pass a train run")
+        self._lock(run, held)
+        return run
+
+    def _lock(self, run: Run, held: contextlib.ExitStack) -> None:
+        """Hold ``run``'s lock on the main process (the one that writes) until ``held`` closes."""
+        accelerator = self.accelerator
+        refused: list[Any] = [None]
+        if accelerator.is_main_process:
+            try:
+                held.enter_context(run.lock())
+            except RunError as exc:
+                refused = [(exc.message, exc.hint)]
+        if accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            # Every rank stops, not only the main one: the others would wait for it forever.
+            broadcast_object_list(refused)
+        if refused[0] is not None:
+            raise RunError(*refused[0])
+
+    def _fold_selection(self, resumed: Run | None) -> list[int]:
+        """The folds to train: as asked for a new run; on resume the run's own, or more of them if asked.
+
+        A resume may add folds (fold 0 first to try a recipe, then ``--resume RUN --folds all`` for the
+        full CV in the same run) but never drop one: ``oof.parquet`` and ``summary.json`` cover every fold
+        a run records, so a narrower ``--folds`` would either rewrite them without folds already trained
+        or leave the recorded ones unfinished. It is refused, naming the folds to pass.
+        """
+        available = self.data.fold_ids
+        if resumed is None:
+            return parse_fold_selection(self.fold_spec, available)
+        recorded = resumed.info.get("folds")
+        if recorded is None:  # runs written before the selection was recorded trained what they were given
+            return parse_fold_selection(self.fold_spec, available)
+        recorded = [int(k) for k in recorded]
+        gone = [k for k in recorded if k not in available]
+        if gone:
+            raise RunError(f"run {resumed.id} trains fold(s) {recorded}, but the data now has folds {available}",
+                           "the data or its split changed since the run started; start a new run")
+        if self.fold_spec is None:
+            return recorded
+        chosen = parse_fold_selection(self.fold_spec, available)
+        dropped = [k for k in recorded if k not in chosen]
+        if dropped:
+            wider = ",".join(str(k) for k in sorted({*recorded, *chosen}))
+            raise UsageError(f"--folds {self.fold_spec}: run {resumed.id} trains folds {recorded}, and a resume "
+                             f"cannot drop fold(s) {dropped}",
+                             f"drop --folds to resume folds {recorded}, or pass --folds {wider} to add folds")
+        return chosen
+
+    def _open_run(self, resumed: Run | None, held: contextlib.ExitStack) -> Run:
+        """Create the run folder (or take the resumed one) on the main process, locked; every process gets it."""
+        if resumed is not None:
+            return resumed
         from accelerate.utils import broadcast_object_list
 
         from toolkit.store.fingerprint import manifest_fingerprint
 
         accelerator, data, recipe = self.accelerator, self.data, self.recipe
-        store = RunStore(self.runs_root)
-        run = None
-        if self.resume is not None:
-            run = store.open(self.resume)
-            if run.kind != "train":
-                raise RunError(f"--resume {self.resume}: run {run.id} is a `{run.kind}` run", "pass a train run")
         path_holder: list[Any] = [None]
         if accelerator.is_main_process:
-            if run is None:
-                source = run_holding(recipe.data.manifest)
-                run = store.create("train", name=self.name, recipe=recipe, seed=recipe.train.seed,
-                                   parents=[source] if source is not None else [],
-                                   data_fingerprint=manifest_fingerprint(data.df, data.root),
-                                   extra={"folds": self.folds, "heads": data.heads, "data_root": str(data.root),
-                                          "num_processes": accelerator.num_processes})
+            source = run_holding(recipe.data.manifest)
+            run = RunStore(self.runs_root).create(
+                "train", name=self.name, recipe=recipe, seed=recipe.train.seed,
+                parents=[source] if source is not None else [],
+                data_fingerprint=manifest_fingerprint(data.df, data.root),
+                extra={"folds": self.folds, "heads": data.heads, "data_root": str(data.root),
+                       "num_processes": accelerator.num_processes})
+            held.enter_context(run.lock())  # a new folder: nobody else can hold it yet
             path_holder = [str(run.path)]
         if accelerator.num_processes > 1:
             broadcast_object_list(path_holder)
-        run = Run(path_holder[0])
+        return Run(path_holder[0])
+
+    def _start(self, warmed: dict[str, Any] | None) -> None:
+        """Record what this session adds to the run and start the trackers (inside the run's lifecycle)."""
+        accelerator, data, recipe, run = self.accelerator, self.data, self.recipe, self.folder
         if accelerator.is_main_process:
             if self.resume is not None:
-                run.update_info(status="running", error=None, ended=None, resumed=True, pid=os.getpid())
+                run.update_info(resumed=True, pid=os.getpid(), folds=self.folds)
+            if warmed is not None:
+                run.update_info(cache_warm=warmed)
             run.write_classes(data.heads, data.classes)
             manifest = data.df.copy()
             manifest["fold"] = data.folds
             run.write_manifest(manifest)
-        return run
+        if recipe.train.log_with:
+            accelerator.init_trackers(run.id, config=_flat_config(recipe_to_dict(recipe)))
 
-    def _warm_cache(self) -> None:
+    def _warm_cache(self) -> dict[str, Any] | None:
         """Decode every image missing from the decoded cache on all of this process's cores, before epoch 1.
 
         Each process takes its share of the files. Files that cannot be decoded stop the run here, all of
         them named, instead of at the first batch that holds one.
+
+        Returns:
+            What was done, for ``run.json`` (``cache_warm``); None when the recipe reads no decoded cache.
         """
         from toolkit.data.preprocessing import make_image_loader
         from toolkit.imaging.cache import DecodedImageCache, warm_cache
@@ -158,7 +230,7 @@ class Trainer:
         accelerator, data, progress = self.accelerator, self.data, self.progress
         cache = make_image_loader(self.recipe, ram_mb=0)  # the loader needs sizes only, not mean/std
         if not isinstance(cache, DecodedImageCache):
-            return
+            return None
         paths = [str(data.root / p) for p in data.df["path"]]
         rank, world = accelerator.process_index, accelerator.num_processes
 
@@ -178,10 +250,9 @@ class Trainer:
         if result.decoded:
             progress.log(f"decoded cache: {result.decoded} image(s) decoded in {result.seconds:.1f} s "
                          f"({result.already} already cached)")
-        if accelerator.is_main_process:
-            self.folder.update_info(cache_warm={"decoded": result.decoded, "already": result.already,
-                                             "seconds": round(result.seconds, 3), "processes": result.processes})
         accelerator.wait_for_everyone()
+        return {"decoded": result.decoded, "already": result.already, "seconds": round(result.seconds, 3),
+                "processes": result.processes}
 
     def _train_folds(self) -> None:
         accelerator, run = self.accelerator, self.folder
