@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,3 +148,44 @@ def test_outliers_and_duplicates_in_embedding_space():
     assert scores["outlier_score"].idxmax() == 7
     pairs = near_duplicates(x, names, max_distance=0.001)
     assert pairs[["a", "b"]].values.tolist() == [["3.png", "12.png"]]
+
+
+def test_two_classifiers_and_the_richer_features(noisy, first):
+    n = len(noisy.df)
+    assert set(first.members) == {"probe", "knn"}
+    for probs in first.members.values():
+        assert probs.shape == (n, 3) and np.allclose(probs.sum(1), 1)
+    assert np.allclose(first.probs, (first.members["probe"] + first.members["knn"]) / 2)
+    # head features (mirror-averaged) next to the last two stages' pooled maps
+    meta = next(noisy.cache.glob("*/meta.json"))
+    head_dims = json.loads(meta.read_text())["head_dims"]
+    assert 0 < head_dims < first.embeddings.shape[1]
+
+
+def test_knn_votes_come_only_from_other_folds():
+    from toolkit.clean.quick import knn_probabilities
+
+    # Two tight clusters; row 0 sits in cluster A but is labelled B. With k = 1 its vote comes from the
+    # nearest row of another fold, an A row, so its own wrong label cannot vouch for itself.
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 0.01, (10, 4)) + [1, 0, 0, 0], rng.normal(0, 0.01, (10, 4)) + [0, 1, 0, 0]])
+    labels = np.array([0] * 10 + [1] * 10)
+    labels[0] = 1
+    folds = np.arange(20) % 5
+    probs = knn_probabilities(x, labels, 2, folds, neighbors=1)
+    assert np.allclose(probs.sum(1), 1) and probs[0, 0] > 0.99 and probs[0, 1] < 0.01
+
+
+def test_a_row_is_an_issue_only_when_every_classifier_flags_it():
+    from toolkit.clean.labels import find_label_issues
+
+    labels = np.array([0, 0, 0, 1, 1, 1] * 5)
+    right = np.where(labels[:, None] == np.arange(2)[None, :], 0.9, 0.1)
+    one, two = right.copy(), right.copy()
+    one[[0, 1]] = one[[0, 1]][:, ::-1]  # the first classifier disagrees with rows 0 and 1
+    two[[1, 2]] = two[[1, 2]][:, ::-1]  # the second with rows 1 and 2
+    ids = [str(i) for i in range(len(labels))]
+    issues = find_label_issues(labels, (one + two) / 2, ["a", "b"], ids=ids, paths=ids,
+                               filter_by="predicted_neq_given", agree=[one, two])
+    assert issues.table["is_label_issue"].to_numpy().nonzero()[0].tolist() == [1]
+    assert issues.health["filter_by"] == "predicted_neq_given, agreed by 2 classifiers"

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from toolkit.clean.labels import DEFAULT_FILTER, LabelIssues, find_label_issues
+from toolkit.clean.labels import DEFAULT_FILTER, QUICK_FILTER, LabelIssues, find_label_issues
 from toolkit.errors import DataError, RunError, UsageError, examples
 from toolkit.progress import Progress, as_progress
 from toolkit.store import Run, RunStore
@@ -228,7 +228,7 @@ def _summary(heads: Sequence[LabelIssues], conflicts: pd.DataFrame | None, sourc
 
 
 def clean_run(run: str | os.PathLike[str] | Run, *, runs_root: str | os.PathLike[str] | None = None,
-              out: str | os.PathLike[str] | None = None, name: str | None = None, filter_by: str = DEFAULT_FILTER,
+              out: str | os.PathLike[str] | None = None, name: str | None = None, filter_by: str | None = None,
               duplicates: bool = True, apply: str | None = None, min_quality: float | None = None,
               workers: int | None = None) -> CleanResult:
     """Find the label issues of a k-fold train run from its out-of-fold probabilities.
@@ -238,7 +238,7 @@ def clean_run(run: str | os.PathLike[str] | Run, *, runs_root: str | os.PathLike
         runs_root: Where run ids are looked up and the clean run is created.
         out: Write into this folder instead of a new clean run.
         name: The clean run's name (default: ``clean``).
-        filter_by: cleanlab's ``filter_by`` method.
+        filter_by: cleanlab's ``filter_by`` method (default ``prune_by_noise_rate``).
         duplicates: Also list duplicate images whose labels disagree (hashes every image once).
         apply: ``drop`` or ``relabel`` the suspects into ``clean_manifest.csv``.
         min_quality: With ``apply``: act only on suspects whose label quality is below this.
@@ -254,7 +254,7 @@ def clean_run(run: str | os.PathLike[str] | Run, *, runs_root: str | os.PathLike
     heads, classes, manifest, oof = _oof_heads(source)
     _check_mode(apply)  # before any work
     paths = manifest["path"].astype(str).tolist()
-    issues = _head_issues(oof, heads, classes, filter_by, paths)
+    issues = _head_issues(oof, heads, classes, filter_by or DEFAULT_FILTER, paths)
     root = run_image_root(source)
     conflicts = label_conflicts(manifest, root, heads, workers) if duplicates else None
     folder, clean = _open_output(name, out, runs_root, [source], {"source": source.id})
@@ -270,13 +270,14 @@ def clean_source(source: str | os.PathLike[str], *, root: str | os.PathLike[str]
                  image_size: int = 224, folds: int = 5,
                  seed: int = 0, runs_root: str | os.PathLike[str] | None = None,
                  out: str | os.PathLike[str] | None = None, name: str | None = None,
-                 filter_by: str = DEFAULT_FILTER, duplicates: bool = True, apply: str | None = None,
+                 filter_by: str | None = None, duplicates: bool = True, apply: str | None = None,
                  min_quality: float | None = None, workers: int | None = None,
                  progress: Progress | bool | None = None) -> CleanResult:
     """``clean --quick``: label issues of a folder or manifest without a trained run.
 
     Every image is embedded once by a frozen pretrained backbone (cached on disk); a cross-validated
-    linear classifier on the embeddings gives the out-of-fold probabilities cleanlab needs. Outliers and
+    logistic regression and a k-nearest-neighbour vote on the embeddings give the out-of-fold
+    probabilities cleanlab needs; a row is flagged when the filter flags it in both. Outliers and
     near-duplicates in embedding space are listed too.
 
     Args:
@@ -287,7 +288,9 @@ def clean_source(source: str | os.PathLike[str], *, root: str | os.PathLike[str]
         backbone, pretrained_file, image_size: The embedding model (timm name, local weights, side).
         pretrained: False embeds with a seeded random backbone (for tests; labels are then barely learnable).
         folds, seed: The cross-validation.
-        runs_root, out, name, filter_by, duplicates, apply, min_quality, workers: As for :func:`clean_run`.
+        filter_by: cleanlab's ``filter_by`` method, run on each of the two classifiers (default
+            ``low_self_confidence``; see :data:`toolkit.clean.labels.QUICK_FILTER`).
+        runs_root, out, name, duplicates, apply, min_quality, workers: As for :func:`clean_run`.
         progress: Where the embedding pass reports.
     """
     from toolkit.clean.quick import quick_probabilities
@@ -304,7 +307,7 @@ def clean_source(source: str | os.PathLike[str], *, root: str | os.PathLike[str]
                                 workers=workers, progress=as_progress(progress))
     paths = df["path"].astype(str).tolist()
     issues = [find_label_issues(quick.labels, quick.probs, quick.classes, ids=row_ids(df), paths=paths, head=label,
-                                filter_by=filter_by)]
+                                filter_by=filter_by or QUICK_FILTER, agree=list(quick.members.values()))]
     conflicts = label_conflicts(df, image_root, [label], workers) if duplicates else None
     folder, clean = _open_output(name, out, runs_root, [], {"source": str(Path(source).absolute()), "quick": {
         "backbone": backbone, "pretrained_file": str(pretrained_file) if pretrained_file else None,
@@ -312,7 +315,9 @@ def clean_source(source: str | os.PathLike[str], *, root: str | os.PathLike[str]
     result = CleanResult(heads=issues, conflicts=conflicts, root=image_root, folder=folder, run=clean,
                          extra={"outliers": quick.outliers, "near_duplicates": quick.near_duplicates})
     summary = _summary(issues, conflicts, str(Path(source).absolute()))
-    summary["quick"] = {"oof_accuracy": float((quick.probs.argmax(1) == quick.labels).mean()),
+    summary["quick"] = {"oof_accuracy": quick.accuracy,
+                        "oof_accuracy_by_classifier": {k: float((p.argmax(1) == quick.labels).mean())
+                                                       for k, p in quick.members.items()},
                         "seconds": quick.seconds, "outliers": int(quick.outliers["is_outlier"].sum()),
                         "near_duplicates": len(quick.near_duplicates)}
     manifest = df.drop(columns=["group"]) if group and "group" in df.columns and group != "group" else df

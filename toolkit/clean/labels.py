@@ -22,6 +22,12 @@ from toolkit.errors import DataError, UsageError, examples
 FILTERS = ("prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given",
            "low_normalized_margin", "low_self_confidence")
 DEFAULT_FILTER = "prune_by_noise_rate"
+#: The filter of ``clean --quick``, applied to each of its two classifiers. Frozen-feature classifiers
+#: err far more than a fine-tuned model, and confident learning counts those errors as label noise:
+#: on PACS sketches with 5 % flipped labels, ``prune_by_noise_rate`` on the probe flagged twice the
+#: flips (precision 0.40). Ranking by self-confidence and flagging only what both classifiers flag
+#: gave 0.72-0.74 precision at 0.84-0.85 recall over three flip seeds.
+QUICK_FILTER = "low_self_confidence"
 #: How each row's label quality is scored (cleanlab.rank): the probability of the given label,
 #: comparable across rows and classes.
 QUALITY_METHOD = "self_confidence"
@@ -71,7 +77,8 @@ def _check_inputs(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str],
 
 
 def find_label_issues(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str], *, ids: Sequence[str],
-                      paths: Sequence[str], head: str = "label", filter_by: str = DEFAULT_FILTER) -> LabelIssues:
+                      paths: Sequence[str], head: str = "label", filter_by: str = DEFAULT_FILTER,
+                      agree: Sequence[np.ndarray] = ()) -> LabelIssues:
     """Flag and rank likely label errors.
 
     Args:
@@ -83,6 +90,9 @@ def find_label_issues(labels: np.ndarray, probs: np.ndarray, classes: Sequence[s
         paths: Image paths as written in the source manifest.
         head: The target's name.
         filter_by: cleanlab's ``filter_by`` method (see :data:`FILTERS`).
+        agree: Out-of-sample probabilities of other classifiers over the same rows. When given, the
+            filter runs on each of them instead of ``probs`` and a row is an issue only when every one
+            flags it; ``probs`` still ranks the rows and suggests the label.
 
     Raises:
         UsageError: An unknown ``filter_by``.
@@ -102,7 +112,11 @@ def find_label_issues(labels: np.ndarray, probs: np.ndarray, classes: Sequence[s
     _check_inputs(labels, probs, classes, filter_by)
     # cleanlab expects rows that sum to one; float32 tables written to disk are off by ~1e-7.
     probs = probs / probs.sum(axis=1, keepdims=True)
-    is_issue = cleanlab_issues(labels, probs, filter_by=filter_by)
+    is_issue = np.ones(len(labels), dtype=bool) if agree else cleanlab_issues(labels, probs, filter_by=filter_by)
+    for other in agree:
+        other = np.asarray(other, dtype=np.float64)
+        _check_inputs(labels, other, classes, filter_by)
+        is_issue &= cleanlab_issues(labels, other / other.sum(axis=1, keepdims=True), filter_by=filter_by)
     quality = get_label_quality_scores(labels, probs, method=QUALITY_METHOD)
     order = np.lexsort((np.arange(len(quality)), quality))  # lowest quality first, ties by row order
     rank = np.empty(len(quality), dtype=np.int64)
@@ -118,7 +132,8 @@ def find_label_issues(labels: np.ndarray, probs: np.ndarray, classes: Sequence[s
     overlapping = find_overlapping_classes(labels, probs, class_names=classes)
     health = {
         "score": float(overall_label_health_score(labels, probs, verbose=False)),
-        "issues": int(is_issue.sum()), "rows": len(labels), "filter_by": filter_by,
+        "issues": int(is_issue.sum()), "rows": len(labels),
+        "filter_by": filter_by if not agree else f"{filter_by}, agreed by {len(agree)} classifiers",
         "per_class": [{"class": str(r["Class Name"]), "noise_rate": float(r["Label Noise"]),
                        "label_issues": int(r["Label Issues"]), "inverse_label_issues": int(r["Inverse Label Issues"]),
                        "label_quality": float(r["Label Quality Score"])} for _, r in per_class.iterrows()],

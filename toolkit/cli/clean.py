@@ -19,10 +19,11 @@ def clean(
                                         "classifier (minutes on a CPU).")] = False,
     top: Annotated[int, typer.Option("--top", "-t", metavar="N", help="Suspects shown in the terminal (the gallery "
                                      "shows up to 100).")] = 20,
-    filter_by: Annotated[str, typer.Option(
-        "--filter-by", metavar="METHOD", help="cleanlab's filter: prune_by_noise_rate (the default: prune each "
-        "confused class pair down to its estimated noise), prune_by_class, both, confident_learning, "
-        "predicted_neq_given, low_normalized_margin, low_self_confidence.")] = "prune_by_noise_rate",
+    filter_by: Annotated[str | None, typer.Option(
+        "--filter-by", metavar="METHOD", help="cleanlab's filter: prune_by_noise_rate (the default for a run: prune "
+        "each confused class pair down to its estimated noise), prune_by_class, both, confident_learning, "
+        "predicted_neq_given, low_normalized_margin, low_self_confidence (the default with --quick, where it runs on "
+        "both classifiers and a row is flagged when both flag it).", show_default=False)] = None,
     apply: Annotated[str | None, typer.Option("--apply", metavar="drop|relabel", help="Also write clean_manifest.csv: "
                                               "the source manifest with the suspects dropped or relabelled (the source "
                                               "is never changed).", show_default=False)] = None,
