@@ -299,3 +299,67 @@ def test_aligning_shuffled_rows_gives_the_same_answer_as_aligned_ones():
     # An inner join keeps the baseline's row order, so both ways give the same rows in the same order.
     assert np.array_equal(fast.labels, shuffled.labels) and np.array_equal(fast.folds, shuffled.folds)
     assert np.allclose(fast.new, shuffled.new) and np.allclose(fast.base, shuffled.base)
+
+
+# --------------------------------------------------------------------------- odd folders
+def test_damaged_folders_killed_runs_and_eda_globs(runs, tmp_path, capsys):
+    root, r = runs
+    broken = root / "20990101-000000-broken"
+    broken.mkdir()
+    (broken / "run.json").write_text("{ not json")
+    binary = RunStore(root).create("train", name="binary-recipe")
+    (binary.path / "recipe.toml").write_bytes(b"\xff\xfe\x00 not text")
+    binary.finish()
+    # killed in fold 0: its best-marked epoch scored 0.31, a later epoch 0.99 under the ranking metric
+    killed = RunStore(root).create("train", name="killed", recipe="[train]\nepochs = 3\n")
+    killed.update_info(pid=2**22 + 4242)
+    for epoch, (f1, best) in enumerate([(0.31, True), (0.99, False)]):
+        killed.append_metrics({"fold": 0, "epoch": epoch, "macro_f1": f1, "val_loss": 1.0 - f1 / 2, "best": best})
+    eda_dir = tmp_path / "eda" / "train"
+    eda_dir.mkdir(parents=True)
+    (eda_dir / "eda.json").write_text(json.dumps({
+        "images": {"total": 10, "readable": 10, "unreadable": 0}, "label_column": "label",
+        "targets": {"label": {"a": 5, "b": 5}},
+        "duplicates": {"pairs": {"exact": 2, "near": 3}, "label_conflicts": {"count": 1, "items": [["x", "y"]]}}}))
+    report = build_report([str(root / "*"), str(tmp_path / "eda" / "*")], runs_root=root, resamples=50)
+    by_id = {e.id: e for e in report.entries}
+    assert by_id[broken.name].status == "unreadable"
+    assert any("recipe.toml unreadable" in n for n in by_id[binary.id].notes)
+    assert by_id[killed.id].status == "stopped" and by_id[killed.id].cv("macro_f1")[0] == pytest.approx(0.31)
+    assert by_id[killed.id].seconds is None  # no end time: the wall time is unknown, not still growing
+    assert report.best().id == r["focal"].id and report.changes[r["base"].id].baseline == r["focal"].id
+    ranked = [e.id for e in report.entries]
+    assert ranked.index(killed.id) > ranked.index(r["base"].id)  # partial numbers rank below finished runs
+    assert "train" in by_id and by_id["train"].kind == "eda"
+    from toolkit.report.experiment_views import headline
+
+    assert dict(headline(by_id["train"]))["duplicate pairs"] == "5"
+    assert dict(headline(by_id["train"]))["label conflicts"] == "1"
+    out = tmp_path / "r.html"
+    assert cli(["report", str(root / "*"), str(tmp_path / "eda" / "*"), "--runs", str(root), "--out", str(out),
+                "--resamples", "50"]) == 0
+    assert "unreadable" in capsys.readouterr().out and out.is_file()
+
+
+def test_a_named_single_head_is_compared_with_an_ensemble_and_resamples_must_be_positive(tmp_path):
+    root = tmp_path / "runs"
+    labels, folds = _rows(500)
+    classes = ["a", "b", "c", "d"]
+    probs = probabilities(labels, 4, 0.7, seed=2)
+    species = train_run(root, "species", classes=classes, labels=labels, probs=probs, folds=folds)
+    species.update_summary({"heads": ["species"], "classes": {"species": classes}})
+    ens = RunStore(root).create("ensemble", name="ens", parents=[species])
+    from toolkit.store.tables import probability_frame
+
+    ids = [f"img/{i:06d}.png" for i in range(500)]
+    better = _fix(labels, probs, 0.05)
+    ens.write_oof(probability_frame(ids, ids, {"label": better}, {"label": classes}, folds=folds,
+                                    labels={"label": labels}))
+    ens.update_summary({"metric": "macro_f1", "heads": ["label"], "classes": {"label": classes},
+                        "oof": classification_metrics(labels, better, classes)})
+    ens.finish()
+    report = build_report([str(root / "*")], runs_root=root, resamples=200)
+    sig = report.changes[ens.id].significance
+    assert report.changes[ens.id].baseline == species.id and sig is not None and sig.verdict == "better"
+    with pytest.raises(UsageError, match="resamples"):
+        build_report([str(root / "*")], runs_root=root, resamples=0)

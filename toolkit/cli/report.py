@@ -57,22 +57,16 @@ def _print(result: Any) -> None:
                   title_justify="left")
     for i, row in enumerate(result.leaderboard(), 1):
         cv, acc = row["cv"], row["cv_accuracy"]
-        change = result.changes.get(row["run"])
-        versus = ""
-        if change is not None and change.baseline is not None and change.delta is not None:
-            versus = f"{change.delta:+.4f} {row['verdict']}".strip()
-        elif change is not None and change.baseline is None:
-            versus = "baseline"
         board.add_row(str(i), row["run"], row["kind"], row["status"], row["model"], row["image_size"], row["loss"],
                       row["epochs"], str(row["folds"]),
                       "" if cv is None else f"{cv[0]:.4f} ± {cv[1]:.4f}" + (" so far" if row["partial"] else ""),
                       "" if acc is None else f"{acc[0]:.4f} ± {acc[1]:.4f}",
-                      "" if row["oof"] is None else f"{row['oof']:.4f}", _duration(row["seconds"]), versus)
+                      "" if row["oof"] is None else f"{row['oof']:.4f}", _duration(row["seconds"]), row["versus"])
     console.print(board)
     changed = [c for c in result.changes.values() if c.baseline is not None]
     if changed:
-        table = Table("run", "baseline", "changed", f"Δ {m}", "fold-paired 95%", "bootstrap 95%", "verdict", box=None,
-                      title="what changed, and is it real", title_justify="left")
+        table = Table("run", "baseline", "changed", f"Δ CV {m}", "scored on", "Δ shared rows", "fold-paired 95%",
+                      "bootstrap 95%", "verdict", box=None, title="what changed, and is it real", title_justify="left")
         for c in changed:
             keys = "; ".join(f"{k}: {_v(a)} → {_v(b)}" for k, a, b in c.keys) or (
                 "same recipe" if c.comparable else "no recipe on one side")
@@ -80,6 +74,8 @@ def _print(result: Any) -> None:
                 keys = f"[{len(c.keys)} keys at once] " + keys
             s = c.significance
             table.add_row(c.run, f"{c.baseline} ({c.reason})", keys, "" if c.delta is None else f"{c.delta:+.4f}",
+                          f"{s.rows} rows, {s.scored_as}" + (f" ({s.note})" if s.note else "") if s else "",
+                          "" if s is None or s.delta is None else f"{s.delta:+.4f}",
                           _interval(s.folds if s else None), _interval(s.bootstrap if s else None),
                           s.verdict if s else "no shared rows")
         console.print(table)

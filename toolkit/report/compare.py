@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from toolkit.errors import UsageError
 from toolkit.metrics import LOG_LOSS_EPS, metric_direction
 
 __all__ = [
@@ -183,7 +184,7 @@ def score(metric: str, labels: np.ndarray, probs: np.ndarray) -> float:
     return float(_Scorer(metric, labels, probs)(np.ones((1, labels.shape[0])))[0])
 
 
-def _fold_interval(metric: str, pair: Paired) -> Interval | None:
+def _fold_interval(metric: str, pair: Paired, split_folds: int | None) -> Interval | None:
     if pair.folds is None:
         return None
     folds = np.unique(pair.folds[pair.folds >= 0])
@@ -197,7 +198,10 @@ def _fold_interval(metric: str, pair: Paired) -> Interval | None:
 
     d = np.asarray(deltas)
     k = d.shape[0]
-    se = d.std(ddof=1) * math.sqrt(1.0 / k + 1.0 / (k - 1))
+    # n_test / n_train is a property of the split (1 / (K - 1) for K folds), not of how many of its
+    # folds both runs trained.
+    split = max(k, split_folds or k)
+    se = d.std(ddof=1) * math.sqrt(1.0 / k + 1.0 / (split - 1))
     half = float(stats.t.ppf(0.975, k - 1) * se)
     mean = float(d.mean())
     return Interval(mean, mean - half, mean + half, k)
@@ -220,7 +224,8 @@ def _bootstrap_interval(metric: str, pair: Paired, resamples: int, seed: int) ->
     return Interval(point, float(low), float(high), n)
 
 
-def compare_paired(metric: str, pair: Paired, *, resamples: int = 1000, seed: int = 0) -> Significance:
+def compare_paired(metric: str, pair: Paired, *, resamples: int = 1000, seed: int = 0,
+                   split_folds: int | None = None) -> Significance:
     """The fold-paired and bootstrap intervals of ``new − base`` and the verdict.
 
     Args:
@@ -228,6 +233,7 @@ def compare_paired(metric: str, pair: Paired, *, resamples: int = 1000, seed: in
         pair: The aligned rows.
         resamples: Bootstrap resamples.
         seed: Seed of the resampling (the same seed gives the same interval).
+        split_folds: Folds of the split the runs were trained on (default: the shared folds).
 
     Returns:
         The significance; ``within noise`` with a note when there are no shared rows.
@@ -238,7 +244,9 @@ def compare_paired(metric: str, pair: Paired, *, resamples: int = 1000, seed: in
     direction = metric_direction(scored_as)
     if pair.rows == 0:
         return Significance(metric, scored_as, 0, None, None, "within noise", "no shared rows")
-    folds = _fold_interval(scored_as, pair)
+    if resamples < 1:
+        raise UsageError(f"--resamples {resamples} must be at least 1", "e.g. --resamples 1000")
+    folds = _fold_interval(scored_as, pair, split_folds)
     boot = _bootstrap_interval(scored_as, pair, resamples, seed)
     sides = {i.side(direction) for i in (folds, boot) if i is not None}
     verdict: Verdict = "better" if sides == {1} else "worse" if sides == {-1} else "within noise"

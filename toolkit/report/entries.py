@@ -8,6 +8,7 @@ field and a note, never an exception: a report over fifty runs must not die on t
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -22,7 +23,7 @@ import numpy as np
 
 from toolkit.errors import ToolkitError
 from toolkit.report.compare import flatten_recipe
-from toolkit.store import Run, resolve_runs
+from toolkit.store import Run, is_run_dir, resolve_runs
 from toolkit.store.provenance import parse_iso
 
 if TYPE_CHECKING:
@@ -127,25 +128,38 @@ class Entry:
         return [int(k) for k in self.info.get("folds") or []]
 
     def cv(self, metric: str) -> tuple[float, float, int] | None:
-        """Mean, sample std and number of folds of ``metric``; from the metrics so far when unfinished."""
+        """Mean, sample std and number of folds of ``metric``; from the metrics so far when unfinished.
+
+        A run still training (or killed) has no CV summary yet; each fold then counts with the epoch
+        its checkpoint kept (the last row marked ``best``), not its best value of ``metric``, which
+        under another selection metric may be an epoch no checkpoint holds.
+        """
         item = (self.summary.get("cv") or {}).get(metric)
         if isinstance(item, Mapping) and "mean" in item:
             return float(item["mean"]), float(item.get("std") or 0.0), int(item.get("n") or 0)
         curves = self.curves()
         if curves is None or metric not in curves.columns or "fold" not in curves.columns or not len(curves):
             return None
-        from toolkit.metrics import metric_direction
-
-        per_fold = curves.groupby("fold")[metric]
-        best = per_fold.max() if metric_direction(metric) == "max" else per_fold.min()
-        best = best.dropna()
-        if best.empty:
+        kept = curves
+        if "best" in curves.columns:
+            marked = curves["best"].astype(str).str.lower().isin(("true", "1", "1.0"))
+            kept = curves[marked]
+        values = kept.groupby("fold")[metric].last().dropna()
+        if values.empty:
             return None
-        return float(best.mean()), float(best.std(ddof=1)) if len(best) > 1 else 0.0, int(len(best))
+        return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0, int(len(values))
 
     def oof_value(self, metric: str) -> float | None:
-        value = (self.summary.get("oof") or {}).get(metric)
+        oof = self.summary.get("oof") or {}
+        # Multi-head runs record {"heads": ..., "combined": ...}; the combined label is the run's answer.
+        value = oof.get(metric) if metric in oof else (oof.get("combined") or {}).get(metric)
         return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+    @property
+    def split_folds(self) -> int | None:
+        """How many folds the run's split has (trained or not)."""
+        value = (self.recipe or {}).get("split.folds")
+        return int(value) if isinstance(value, int) and value > 1 else None
 
     @property
     def partial(self) -> bool:
@@ -174,6 +188,10 @@ class Entry:
                 except (ToolkitError, OSError, ValueError) as exc:
                     self.notes.append(f"oof.parquet unreadable: {exc}")
         return self._oof if self._oof is not False else None
+
+    def release(self) -> None:
+        """Drop the cached OOF table (it can be hundreds of megabytes for many classes)."""
+        self._oof = None
 
     def head_rows(self, head: str) -> HeadRows | None:
         """One head's OOF rows, or None when the run has none."""
@@ -218,32 +236,39 @@ def _status(run: Run) -> str:
     return status
 
 
-def _seconds(info: Mapping[str, Any]) -> float | None:
+def _seconds(info: Mapping[str, Any], status: str) -> float | None:
     value = info.get("duration_s")
     if isinstance(value, int | float) and math.isfinite(value):
         return float(value)
     started = parse_iso(info.get("started"))
-    return None if started is None else max(0.0, time.time() - started.timestamp())
+    if started is None or status != "running":
+        return None  # a run killed without a trace has no end time: its wall time is unknown
+    return max(0.0, time.time() - started.timestamp())
 
 
 def _from_run(run: Run) -> Entry:
-    info = dict(run.info)
-    entry = Entry(id=run.id, kind=str(info.get("kind") or "unknown"), status=_status(run), path=run.path, run=run,
+    try:
+        info = dict(run.info)
+    except (ToolkitError, OSError, ValueError) as exc:
+        # One damaged folder must not take the report of every other run down with it.
+        return Entry(id=run.id, kind="unknown", status="unreadable", path=run.path, notes=[str(exc)])
+    status = _status(run)
+    entry = Entry(id=run.id, kind=str(info.get("kind") or "unknown"), status=status, path=run.path, run=run,
                   name=info.get("name"), parents=[str(p) for p in info.get("parents") or []],
-                  started=info.get("started"), seconds=_seconds(info), info=info)
+                  started=info.get("started"), seconds=_seconds(info, status), info=info)
     try:
         entry.summary = dict(run.summary)
     except (ToolkitError, OSError, ValueError) as exc:
         entry.notes.append(f"summary.json unreadable: {exc}")
-    text = run.recipe_text
-    if text is not None:
-        # The resolved recipe as written, not re-validated: a key a later release renamed must not
-        # hide the run from the report.
-        try:
-            entry.recipe = flatten_recipe(tomllib.loads(text))
-        except (OSError, ValueError) as exc:
-            entry.notes.append(f"recipe.toml unreadable: {exc}")
-    elif entry.kind == "train":
+    # The resolved recipe as written, not re-validated: a key a later release renamed must not hide
+    # the run from the report.
+    try:
+        text = run.recipe_text
+        entry.recipe = flatten_recipe(tomllib.loads(text)) if text is not None else None
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and TOMLDecodeError are ValueErrors
+        entry.notes.append(f"recipe.toml unreadable: {exc}")
+        text = ""
+    if text is None and entry.kind == "train":
         entry.notes.append("the run has no recipe.toml")
     if info.get("error"):
         entry.notes.append(str(info["error"]))
@@ -258,6 +283,10 @@ def _from_eda(folder: Path) -> Entry:
                  started=started, summary=data, notes=[] if data else [f"{EDA_JSON} unreadable"])
 
 
+def _is_eda_dir(folder: Path) -> bool:
+    return folder.is_dir() and (folder / EDA_JSON).is_file() and not is_run_dir(folder)
+
+
 def load_entries(refs: Sequence[str | os.PathLike[str]], runs_root: str | os.PathLike[str] | None = None) -> list[Entry]:
     """The runs and EDA folders named by ``refs`` (folders, ids, name suffixes, globs), in order.
 
@@ -268,13 +297,19 @@ def load_entries(refs: Sequence[str | os.PathLike[str]], runs_root: str | os.Pat
     seen: set[Path] = set()
     run_refs: list[str | os.PathLike[str]] = []
     for ref in refs:
-        folder = Path(os.path.expanduser(os.fspath(ref)))
-        if folder.is_dir() and (folder / EDA_JSON).is_file() and not (folder / "run.json").is_file():
+        text = os.path.expanduser(os.fspath(ref))
+        # A glob may match EDA folders as well as runs: expand it here so they are not dropped.
+        matches = sorted(glob.glob(text)) if any(c in text for c in "*?[") else []
+        eda = [Path(m) for m in matches or [text] if _is_eda_dir(Path(m))]
+        for folder in eda:
             if folder.resolve() not in seen:
                 seen.add(folder.resolve())
                 entries.append(_from_eda(folder))
-            continue
-        run_refs.append(ref)
+        runs = [m for m in matches if is_run_dir(m)]
+        if runs:
+            run_refs.extend(runs)
+        elif not eda:
+            run_refs.append(ref)  # resolve_runs looks under the runs root too, or says what is missing
     for run in resolve_runs(run_refs, root=runs_root) if run_refs else []:
         if run.path.resolve() in seen:
             continue

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +71,8 @@ class ExperimentReport:
         return cv[0] if cv is not None else entry.oof_value(self.metric)
 
     def best(self) -> Entry | None:
-        ranked = [e for e in self.scored if self.score(e) is not None]
+        """The top finished run: a run still training, or killed, is no one's baseline."""
+        ranked = [e for e in self.scored if self.score(e) is not None and e.status == "finished"]
         return ranked[0] if ranked else None
 
     def leaderboard(self) -> list[dict[str, Any]]:
@@ -82,24 +83,38 @@ class ExperimentReport:
             acc = e.cv("accuracy")
             change = self.changes.get(e.id)
             rows.append({
-                "run": e.id, "kind": e.kind, "status": e.status, "model": e.model, "image_size": e.image_size,
+                "entry": e, "run": e.id, "kind": e.kind, "status": e.status, "model": e.model, "image_size": e.image_size,
                 "loss": e.loss, "epochs": e.epochs, "folds": len(e.folds) or "",
                 "cv": cv, "cv_accuracy": acc, "oof": e.oof_value(self.metric), "seconds": e.seconds,
                 "partial": e.partial and cv is not None, "verdict": change.significance.verdict
                 if change is not None and change.significance is not None else "",
-                "baseline": change.baseline if change is not None else None,
+                "baseline": change.baseline if change is not None else None, "versus": _versus(change),
             })
         return rows
+
+
+def _versus(change: Change | None) -> str:
+    """The leaderboard's "vs baseline" cell, the same in the terminal and on the page."""
+    if change is None:
+        return ""
+    if change.baseline is None:
+        return "baseline"
+    sig = change.significance
+    if sig is not None and sig.delta is not None:
+        return f"{sig.delta:+.4f} {sig.verdict}"  # on the shared OOF rows, like its intervals
+    return "" if change.delta is None else f"{change.delta:+.4f} CV, no shared rows"
 
 
 def _rank(entries: list[Entry], metric: str) -> list[Entry]:
     sign = -1.0 if metric_direction(metric) == "max" else 1.0
 
-    def key(e: Entry) -> tuple[int, int, float, str]:
+    def key(e: Entry) -> tuple[int, int, int, float, str]:
         cv = e.cv(metric)
         value = cv[0] if cv is not None else e.oof_value(metric)
         kind_order = 0 if e.kind in SCORED_KINDS else 1
-        return (kind_order, 0 if value is not None else 1, sign * value if value is not None else 0.0, e.id)
+        # Numbers of a run still training (or killed) are partial: they rank below every finished run.
+        unfinished = 0 if e.status == "finished" else 1
+        return (kind_order, unfinished, 0 if value is not None else 1, sign * value if value is not None else 0.0, e.id)
     return sorted(entries, key=key)
 
 
@@ -139,25 +154,39 @@ def _baseline_of(entry: Entry, by_id: dict[str, Entry], report: ExperimentReport
     return best, "best"
 
 
+def _head_columns(entry: Entry, head: str) -> tuple[str, str]:
+    """The label column and the class-column prefix of one head in a run's OOF table."""
+    return (f"label:{head}", f"{head}:") if len(entry.heads) > 1 else ("label", "")
+
+
 def _significance(entry: Entry, base: Entry, metric: str, resamples: int) -> Significance | None:
-    heads = [h for h in entry.heads if h in base.heads and entry.classes.get(h) == base.classes.get(h)]
-    if not heads:
-        return None
     a, b = base.oof(), entry.oof()
-    if a is None or b is None:
+    if a is None or b is None or not entry.heads or not base.heads:
         return None
-    head = heads[0]
-    multi_a, multi_b = len(base.heads) > 1, len(entry.heads) > 1
-    if multi_a != multi_b:
+    if len(entry.heads) == 1 and len(base.heads) == 1:
+        # A single-head table is `label` + bare class columns whatever the head is called (an ensemble
+        # writes `label`, a run trained on `targets.label = "species"` calls its head `species`).
+        classes = entry.classes.get(entry.heads[0])
+        same = classes is not None and classes == base.classes.get(base.heads[0])
+        head = None
+    else:
+        shared = [h for h in entry.heads if h in base.heads and entry.classes.get(h) == base.classes.get(h)]
+        if not shared or len(entry.heads) == 1 or len(base.heads) == 1:
+            return None
+        head, classes, same = shared[0], entry.classes[shared[0]], True
+    if not same or classes is None:
         return None
-    label = f"label:{head}" if multi_a else "label"
-    prefix = f"{head}:" if multi_a else ""
+    label, prefix = _head_columns(entry, head) if head is not None else ("label", "")
     if label not in a.columns or label not in b.columns:
         return None
-    pair = align(a, b, entry.classes[head], label=label, prefix=prefix)
+    pair = align(a, b, classes, label=label, prefix=prefix)
     if pair.rows == 0:
         return None
-    return compare_paired(metric, pair, resamples=resamples)
+    split = max(x for x in (entry.split_folds, base.split_folds, 0) if x is not None) or None
+    sig = compare_paired(metric, pair, resamples=resamples, split_folds=split)
+    if head is not None:  # a multi-head run is compared on one head; say which
+        sig = replace(sig, note="; ".join(n for n in (f"head {head}", sig.note) if n))
+    return sig
 
 
 def build_report(refs: Sequence[str | os.PathLike[str]], *, runs_root: str | os.PathLike[str] | None = None,
@@ -183,6 +212,8 @@ def build_report(refs: Sequence[str | os.PathLike[str]], *, runs_root: str | os.
     """
     if top_classes < 1:
         raise UsageError(f"--top-classes {top_classes} must be at least 1", "e.g. --top-classes 20")
+    if resamples < 1:
+        raise UsageError(f"--resamples {resamples} must be at least 1", "e.g. --resamples 1000")
     entries = load_entries(refs, runs_root)
     given = None
     if baseline is not None:

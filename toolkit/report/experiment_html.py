@@ -85,9 +85,9 @@ every interval excludes 0.</p>
 </table>
 {% elif not c.comparable %}<p class="note">No recipe on one side (an ensemble has none): members and weights are below.</p>
 {% else %}<p class="note">Same resolved recipe.</p>{% endif %}
-<p>{{ metric }} delta: <b>{{ c.delta }}</b>.
-{% if c.sig %} On {{ c.sig.rows }} shared OOF rows ({{ c.sig.scored_as }}): fold-paired {{ c.sig.folds }};
-bootstrap {{ c.sig.boot }} → <b class="v-{{ c.sig.verdict_class }}">{{ c.sig.verdict }}</b>
+<p>CV {{ metric }} delta: <b>{{ c.delta }}</b>.
+{% if c.sig %} On {{ c.sig.rows }} shared OOF rows ({{ c.sig.scored_as }}): delta {{ c.sig.delta }}, fold-paired
+{{ c.sig.folds }}; bootstrap {{ c.sig.boot }} → <b class="v-{{ c.sig.verdict_class }}">{{ c.sig.verdict }}</b>
 {% if c.sig.note %}<span class="note">({{ c.sig.note }})</span>{% endif %}
 {% else %} <span class="note">No shared OOF rows: significance not computed.</span>{% endif %}</p>
 {% endfor %}
@@ -189,11 +189,12 @@ def render_experiment(report: ExperimentReport, target: Path) -> tuple[str, dict
     """The page's HTML, and the extra files to write next to it (name → (path, text))."""
     by_id = {e.id: e for e in report.entries}
     thumbs = Thumbnails()
-    anchors = {e.id: f"run-{i}" for i, e in enumerate(report.entries)}
+    # Anchors by position: two EDA folders (or runs of two runs folders) may share a name.
+    anchors = {id(e): f"run-{i}" for i, e in enumerate(report.entries)}
     views: list[RunView] = []
     others: list[RunView] = []
     for e in report.entries:
-        view = RunView(entry=e, anchor=anchors[e.id])
+        view = RunView(entry=e, anchor=anchors[id(e)])
         if e.kind in ("train", "ensemble"):
             view.curves = run_curves(e, report.metric)
             root = image_root(e, by_id)
@@ -203,6 +204,7 @@ def render_experiment(report: ExperimentReport, target: Path) -> tuple[str, dict
                     view.heads.append(head_view(rows, root=root, thumbs=thumbs))
             if e.kind == "ensemble":
                 view.ensemble = _ensemble_rows(ensemble_view(e, report.metric))
+            e.release()  # every comparison is made; the page needs only the view from here on
             views.append(view)
         else:
             view.headline = headline(e)
@@ -212,16 +214,10 @@ def render_experiment(report: ExperimentReport, target: Path) -> tuple[str, dict
     board = []
     for row in report.leaderboard():
         cv, acc, sig = row["cv"], row["cv_accuracy"], row["verdict"]
-        change = report.changes.get(row["run"])
-        verdict = ""
-        if change is not None and change.baseline is not None:
-            verdict = f"{_signed(change.delta)} {sig}".strip() if change.delta is not None else sig
-        elif change is not None:
-            verdict = "baseline"
-        board.append({**row, "anchor": anchors[row["run"]],
+        board.append({**row, "anchor": anchors[id(row["entry"])],
                       "cv_text": "" if cv is None else f"{cv[0]:.4f} ± {cv[1]:.4f}" + (" (so far)" if row["partial"] else ""),
                       "acc_text": "" if acc is None else f"{acc[0]:.4f} ± {acc[1]:.4f}",
-                      "oof_text": _f(row["oof"]), "time": _duration(row["seconds"]), "verdict": verdict,
+                      "oof_text": _f(row["oof"]), "time": _duration(row["seconds"]), "verdict": row["versus"],
                       "verdict_class": sig.replace(" ", "-") if sig else ""})
 
     changes = []
@@ -233,7 +229,7 @@ def render_experiment(report: ExperimentReport, target: Path) -> tuple[str, dict
         changes.append({"run": c.run, "baseline": c.baseline, "reason": c.reason, "flagged": c.flagged,
                         "diff": [(k, _value(a), _value(b)) for k, a, b in c.keys], "comparable": c.comparable,
                         "delta": _signed(c.delta),
-                        "sig": None if s is None else {"rows": s.rows, "scored_as": s.scored_as,
+                        "sig": None if s is None else {"rows": s.rows, "scored_as": s.scored_as, "delta": _signed(s.delta),
                                                        "folds": _interval(s.folds), "boot": _interval(s.bootstrap),
                                                        "verdict": s.verdict, "verdict_class": s.verdict.replace(" ", "-"),
                                                        "note": s.note}})

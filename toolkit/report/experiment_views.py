@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from toolkit.errors import ImageError
-from toolkit.metrics import classification_metrics
+from toolkit.metrics import metric_direction
 from toolkit.report.charts import Series, heatmap_png, line_chart, reliability_chart
 from toolkit.report.entries import Entry, HeadRows
 
@@ -31,6 +31,8 @@ __all__ = ["HeadView", "RunView", "Thumbnails", "head_view", "run_curves", "ense
 THUMB_SIDE = 112
 #: At most this many classes get a confusion table with one cell per pair; more get a picture.
 TABLE_CLASSES = 25
+#: Up to this many classes the confusion matrix is drawn as a picture (one pixel a cell at most).
+PICTURE_CLASSES = 600
 TOP_LOSSES = 12
 CONFUSED_PAIRS = 15
 
@@ -108,33 +110,41 @@ def head_view(rows: HeadRows, *, root: Path | None, thumbs: Thumbnails, top_loss
     if labels.size == 0:
         return HeadView(rows.head, rows.classes, 0, {}, {})
     pred = probs.argmax(axis=1)
-    scores = classification_metrics(labels, pred, rows.classes)  # indices: the log loss is not shown here
-    view = HeadView(rows.head, rows.classes, int(labels.size), scores["per_class_recall"], scores["support"])
-    counts = np.asarray(scores["confusion_matrix"], dtype=np.float64)
-    normalised = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1.0)
+    # Counts by bincount, not a C×C table through sklearn: with thousands of classes that table is
+    # most of the report's time and memory.
+    support = np.bincount(labels, minlength=n_classes)
+    hits = np.bincount(labels[pred == labels], minlength=n_classes)
+    recall = np.divide(hits, support, out=np.zeros(n_classes), where=support > 0)
+    view = HeadView(rows.head, rows.classes, int(labels.size),
+                    {c: float(r) for c, r in zip(rows.classes, recall, strict=True)},
+                    {c: int(n) for c, n in zip(rows.classes, support, strict=True)})
+    wrong = pred != labels
+    pair_counts = np.bincount(labels[wrong] * n_classes + pred[wrong], minlength=n_classes * n_classes)
     if n_classes <= TABLE_CLASSES:
-        view.confusion = normalised.round(3).tolist()
-    else:
+        counts = pair_counts.reshape(n_classes, n_classes) + np.diag(hits)
+        view.confusion = (counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)).round(3).tolist()
+    elif n_classes <= PICTURE_CLASSES:
         from toolkit.report.html import data_uri
 
-        view.confusion_png = data_uri(heatmap_png(normalised))
-    off = counts.copy()
-    np.fill_diagonal(off, 0)
-    order = np.argsort(-off, axis=None, kind="stable")[:CONFUSED_PAIRS]
-    for flat in order:
+        counts = (pair_counts.reshape(n_classes, n_classes) + np.diag(hits)).astype(np.float64)
+        view.confusion_png = data_uri(heatmap_png(counts / np.maximum(counts.sum(axis=1, keepdims=True), 1.0)))
+    top = np.flatnonzero(pair_counts)
+    if top.size > CONFUSED_PAIRS:
+        top = top[np.argpartition(-pair_counts[top], CONFUSED_PAIRS - 1)[:CONFUSED_PAIRS]]
+    for flat in sorted(top, key=lambda f: (-pair_counts[f], f)):
         i, j = divmod(int(flat), n_classes)
-        if off[i, j] <= 0:
-            break
-        view.confused.append({"true": rows.classes[i], "pred": rows.classes[j], "count": int(off[i, j]),
-                              "share": float(normalised[i, j])})
-    top = probs[np.arange(labels.size), pred]
-    wrong = np.flatnonzero(pred != labels)
-    for r in wrong[np.argsort(-top[wrong], kind="stable")][:top_losses]:
+        view.confused.append({"true": rows.classes[i], "pred": rows.classes[j], "count": int(pair_counts[flat]),
+                              "share": float(pair_counts[flat] / max(support[i], 1))})
+    confidence = probs[np.arange(labels.size), pred]
+    given = probs[np.arange(labels.size), labels]
+    mistakes = np.flatnonzero(wrong)
+    # The largest losses: the lowest probability of the given label among the wrong rows.
+    for r in mistakes[np.argsort(given[mistakes], kind="stable")][:top_losses]:
         uri, missing = thumbs(root, paths[r])
         view.top_losses.append({"path": paths[r], "label": rows.classes[labels[r]], "pred": rows.classes[pred[r]],
-                                "p_pred": float(top[r]), "p_label": float(probs[r, labels[r]]), "thumb": uri,
+                                "p_pred": float(confidence[r]), "p_label": float(given[r]), "thumb": uri,
                                 "missing": missing})
-    view.reliability, ece = reliability_chart(top, pred == labels, title=f"reliability, {rows.head}")
+    view.reliability, ece = reliability_chart(confidence, pred == labels, title=f"reliability, {rows.head}")
     view.ece = None if math.isnan(ece) else float(ece)
     return view
 
@@ -172,8 +182,16 @@ def ensemble_view(entry: Entry, metric: str) -> dict[str, Any] | None:
         oof = m.get("oof") if isinstance(m.get("oof"), Mapping) else {}
         rows.append({"name": str(m.get("name", "")), "source": str(m.get("source", "")),
                      "weight": m.get("weight"), "score": oof.get(metric)})
+    # Members record their OOF accuracy, macro-F1 and balanced accuracy: rank them by the report's
+    # metric when they have it, else by the ensemble's own metric.
+    if not any(isinstance(r["score"], int | float) for r in rows):
+        metric = str(summary.get("metric") or "macro_f1")
+        for r, m in zip(rows, members, strict=True):
+            oof = m.get("oof") if isinstance(m.get("oof"), Mapping) else {}
+            r["score"] = oof.get(metric)
     scored = [r for r in rows if isinstance(r["score"], int | float)]
-    best = max(scored, key=lambda r: r["score"]) if scored else None
+    sign = 1.0 if metric in ("accuracy", "macro_f1", "balanced_accuracy") or _max_is_better(metric) else -1.0
+    best = max(scored, key=lambda r: sign * r["score"]) if scored else None
     gain: list[dict[str, Any]] = []
     per_class = summary.get("per_class") if isinstance(summary.get("per_class"), Mapping) else {}
     if best is not None and per_class:
@@ -196,6 +214,13 @@ def ensemble_view(entry: Entry, metric: str) -> dict[str, Any] | None:
             "crossfit": summary.get("crossfit_score")}
 
 
+def _max_is_better(metric: str) -> bool:
+    try:
+        return metric_direction(metric) == "max"
+    except Exception:  # noqa: BLE001 - a metric name this release does not know ranks as larger-is-better
+        return True
+
+
 def _number(value: Any) -> str:
     if isinstance(value, bool) or value is None:
         return str(value)
@@ -216,7 +241,11 @@ def headline(entry: Entry) -> list[tuple[str, str]]:
             counts = label.get("counts") if isinstance(label.get("counts"), Mapping) else label
             out.append(("classes", _number(len(counts))))
         dup = s.get("duplicates") or {}
-        out += [("duplicate pairs", _number(dup.get("pairs"))), ("label conflicts", _number(dup.get("label_conflicts")))]
+        pairs = dup.get("pairs")
+        conflicts = dup.get("label_conflicts")
+        out += [("duplicate pairs", _number(sum(v for v in pairs.values() if isinstance(v, int))
+                                            if isinstance(pairs, Mapping) else pairs)),
+                ("label conflicts", _number(conflicts.get("count") if isinstance(conflicts, Mapping) else conflicts))]
         out.append(("outliers", _number((s.get("outliers") or {}).get("count"))))
     elif entry.kind == "split":
         params = entry.info.get("params") or {}
@@ -230,8 +259,10 @@ def headline(entry: Entry) -> list[tuple[str, str]]:
                 out += [(f"{head}: flagged", f"{h.get('issues')} of {h.get('rows')} ({h.get('filter_by')})"),
                         (f"{head}: label health", _number(h.get("score")))]
         out.append(("duplicate label conflicts", _number(s.get("conflicts"))))
-        if s.get("applied"):
-            out.append(("applied", str(s["applied"])))
+        applied = s.get("apply")
+        if isinstance(applied, Mapping):
+            out.append(("applied", f"{applied.get('mode')}: {applied.get('changed')} row(s) changed, "
+                                   f"{applied.get('rows_before')} → {applied.get('rows_after')} rows"))
     else:
         out += [(str(k), _number(v)) for k, v in s.items() if isinstance(v, int | float | str)][:8]
     return [(k, v) for k, v in out if v not in ("None", "")]
@@ -244,9 +275,10 @@ def weakest_classes(views: Sequence[tuple[str, HeadView]], top: int) -> tuple[li
         The classes shown (at most ``top``), a row per class of each run's recall (None where a run
         lacks the class), and the CSV of every class.
     """
-    classes: list[str] = []
+    order: dict[str, None] = {}
     for _, v in views:
-        classes.extend(c for c in v.classes if c not in classes)
+        order.update(dict.fromkeys(v.classes))
+    classes = list(order)
     table = [[v.recall.get(c) for _, v in views] for c in classes]
     mean = [float(np.mean([x for x in row if x is not None])) if any(x is not None for x in row) else math.inf
             for row in table]
@@ -263,7 +295,7 @@ def _csv(text: str) -> str:
     return '"' + value.replace('"', '""') + '"' if any(ch in value for ch in ',"\n\r') else value
 
 
-def image_root(entry: Entry, by_id: Mapping[str, Entry]) -> Path | None:
+def image_root(entry: Entry, by_id: Mapping[str, Entry], _seen: set[str] | None = None) -> Path | None:
     """The folder a run's image paths are relative to: its own record, else a parent's (an ensemble's members)."""
     root = entry.info.get("data_root")
     if root:
@@ -275,16 +307,33 @@ def image_root(entry: Entry, by_id: Mapping[str, Entry]) -> Path | None:
             return run_image_root(entry.run)
         except Exception:  # noqa: BLE001 - an old run whose data moved: shown as missing images, not a crash
             return None
+    seen = _seen if _seen is not None else {entry.id}
     for pid in entry.parents:
+        if pid in seen:
+            continue  # parents that point at each other (a damaged folder) must not recurse forever
+        seen.add(pid)
         parent = by_id.get(pid)
-        if parent is None and entry.run is not None:
-            from toolkit.store import Run, is_run_dir
-
-            folder = entry.path.parent / pid
-            if is_run_dir(folder):
-                parent = Entry(id=pid, kind="", status="", path=folder, run=Run(folder), info=dict(Run(folder).info))
-        if parent is not None and parent is not entry:
-            found = image_root(parent, by_id)
+        if parent is None:
+            parent = _outside_parent(entry, pid)
+        if parent is not None:
+            found = image_root(parent, by_id, seen)
             if found is not None:
                 return found
     return None
+
+
+def _outside_parent(entry: Entry, pid: str) -> Entry | None:
+    """A parent run that is not in the report but sits beside the run in its runs folder."""
+    from toolkit.errors import ToolkitError
+    from toolkit.store import Run, is_run_dir
+
+    folder = entry.path.parent / pid
+    if not is_run_dir(folder):
+        return None
+    try:
+        run = Run(folder)
+        info = dict(run.info)
+    except (ToolkitError, OSError, ValueError):
+        return None
+    return Entry(id=pid, kind=str(info.get("kind") or ""), status="", path=folder, run=run, info=info,
+                 parents=[str(p) for p in info.get("parents") or []])
