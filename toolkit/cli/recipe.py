@@ -17,13 +17,15 @@ def show(
     recipe: Annotated[Path | None, typer.Argument(help="Recipe TOML file; omit to show the defaults.")] = None,
     set_: SetOpt = None,
 ) -> None:
-    """Print the fully resolved recipe (extends followed, --set applied, paths absolute).
+    """Print the fully resolved recipe (extends followed, --set applied, paths absolute), once its values check out.
 
     Example: clsctl recipe show recipes/quickstart.toml --set train.epochs=3
     """
-    from toolkit.config import load_recipe
+    from toolkit.config import check_values, load_recipe
 
-    typer.echo(load_recipe(recipe, set_ or []).to_toml(), nl=False)
+    resolved = load_recipe(recipe, set_ or [])
+    check_values(resolved)
+    typer.echo(resolved.to_toml(), nl=False)
 
 
 @app.command("keys")

@@ -10,21 +10,25 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import tomllib
 import types
 import typing
+import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
 
+from toolkit.config.checks import LIMITS, range_error
 from toolkit.config.schema import Recipe, recipe_to_dict
 from toolkit.errors import RecipeError
 
 _TOP_ONLY = ("extends",)
 _NONE_WORDS = ("none", "null")
 _KEYS_HINT = "`clsctl recipe keys` lists every key"
+_BREAKING = ("Cc", "Zl", "Zp")  # control characters (\n, \r, \x1c...) and the Unicode line/paragraph separators
 
 
 # --------------------------------------------------------------------------- type helpers
@@ -59,11 +63,17 @@ def type_name(tp: Any) -> str:
     return {str: "string", int: "integer", float: "number", bool: "boolean"}.get(tp, getattr(tp, "__name__", str(tp)))
 
 
+def printable(text: str) -> str:
+    """``text`` with control characters and line separators escaped, so an error naming it stays one line."""
+    return "".join(c.encode("unicode_escape").decode("ascii") if unicodedata.category(c) in _BREAKING else c
+                   for c in text)
+
+
 def _describe(value: Any) -> str:
     kind = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "table"}.get(
         type(value), type(value).__name__)
     text = repr(value) if not isinstance(value, str) else f'"{value}"'
-    return f"{kind} {text[:60]}"
+    return f"{kind} {printable(text[:60])}"
 
 
 def _suggest(key: str, choices: Iterable[str]) -> str:
@@ -112,7 +122,7 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             raise RecipeError(f"{source}: `{key}` must be {type_name(tp)}, got {_describe(value)}",
                               f"write it as `[{key}]` or an inline table")
         _, val_tp = typing.get_args(tp)
-        return {str(k): _coerce(v, val_tp, f"{key}.{k}", source) for k, v in value.items()}
+        return {str(k): _coerce(v, val_tp, f"{key}.{printable(str(k))}", source) for k, v in value.items()}
     if tp is bool:
         if not isinstance(value, bool):
             raise RecipeError(f"{source}: `{key}` must be a boolean, got {_describe(value)}", "write true or false")
@@ -124,6 +134,8 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise RecipeError(f"{source}: `{key}` must be a number, got {_describe(value)}", "write a number without quotes")
+        if not math.isfinite(value):  # TOML has nan and inf; no recipe number means either
+            raise RecipeError(f"{source}: `{key}` must be a finite number, got {value}", "write a number such as 0.5")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -137,7 +149,7 @@ def _build(cls: type, raw: Mapping[str, Any], prefix: str, source: str) -> Any:
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
-        path = f"{prefix}.{key}" if prefix else key
+        path = printable(f"{prefix}.{key}" if prefix else key)
         if key not in names:
             if not prefix and key in _TOP_ONLY:
                 continue
@@ -145,6 +157,9 @@ def _build(cls: type, raw: Mapping[str, Any], prefix: str, source: str) -> Any:
             choices = scope + _all_key_paths() if not prefix else scope
             raise RecipeError(f"{source}: unknown key `{path}`", _suggest(path, choices))
         kwargs[key] = _coerce(value, hints[key], path, source)
+        error = range_error(path, kwargs[key])
+        if error is not None:
+            raise RecipeError(f"{source}: {error.message}", error.hint)
     return cls(**kwargs)
 
 
@@ -159,7 +174,15 @@ def _path_keys(cls: type = Recipe, prefix: str = "") -> Iterator[tuple[str, ...]
             yield (f.name,)
 
 
-def _resolve_paths(raw: dict[str, Any], base_dir: Path) -> None:
+def _absolute(text: str, base_dir: Path) -> Path:
+    """``text`` as an absolute path, relative to ``base_dir``; ValueError when no path can be made of it."""
+    try:
+        return (base_dir / Path(text).expanduser()).resolve()
+    except (RuntimeError, ValueError, OSError) as exc:  # ~unknown_user, a NUL byte, a name too long
+        raise ValueError(printable(str(exc))) from None
+
+
+def _resolve_paths(raw: dict[str, Any], base_dir: Path, source: str) -> None:
     """Make recipe paths absolute, relative to the file that sets them."""
     for keys in _path_keys():
         node: Any = raw
@@ -169,7 +192,11 @@ def _resolve_paths(raw: dict[str, Any], base_dir: Path) -> None:
             continue
         value = node.get(keys[-1])
         if isinstance(value, str) and value and not value.startswith("builtin:") and value.lower() not in _NONE_WORDS:
-            node[keys[-1]] = str((base_dir / Path(value).expanduser()).resolve())
+            try:
+                node[keys[-1]] = str(_absolute(value, base_dir))
+            except ValueError as exc:
+                raise RecipeError(f"{source}: `{'.'.join(keys)}` = {_describe(value)} is not a usable path ({exc})",
+                                  "write a path to a file or folder") from None
 
 
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -182,25 +209,50 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _read_text(path: Path, where: str) -> str:
+    """The text of a recipe file; a BOM (as Windows editors write it) is dropped."""
+    if not path.exists():
+        raise RecipeError(f"{where} {path}, which does not exist", "check the path (relative paths are relative to the recipe file)")
+    if path.is_dir():
+        raise RecipeError(f"{where} {path}, which is a folder, not a recipe file", "name a .toml file in it")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise RecipeError(f"{where} {path}, which cannot be read: {exc.strerror}", "check the file's permissions") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"{path}: not a text file (byte {exc.start} is not UTF-8)",
+                          "a recipe is TOML text saved as UTF-8; check that the path names the .toml file") from None
+
+
 def _read_file(path: Path, stack: tuple[Path, ...]) -> dict[str, Any]:
-    path = path.expanduser().resolve()
+    where = f"{stack[-1]}: `extends` names" if stack else "recipe"
+    try:
+        path = _absolute(str(path), Path.cwd())
+    except ValueError as exc:
+        raise RecipeError(f"{where} {printable(str(path))}, which is not a usable path ({exc})", "check the path") from None
     if path in stack:
         chain = " → ".join(p.name for p in (*stack, path))
         raise RecipeError(f"{stack[-1]}: `extends` makes a cycle: {chain}", "remove one of the `extends` lines")
-    if not path.is_file():
-        where = f"{stack[-1]}: `extends` names" if stack else "recipe"
-        raise RecipeError(f"{where} {path}, which does not exist", "check the path (relative paths are relative to the recipe file)")
+    text = _read_text(path, where)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(f"{path}: not valid TOML: {exc}", "fix the syntax at the line named") from None
+    except RecursionError:
+        raise RecipeError(f"{path}: not valid TOML: arrays or tables nested too deeply", "flatten the value") from None
     _build(Recipe, raw, "", str(path))  # validate this file alone, so errors name it
-    _resolve_paths(raw, path.parent)
+    _resolve_paths(raw, path.parent, str(path))
     parent = raw.pop("extends", None)
     if parent is None:
         return raw
     if not isinstance(parent, str):
         raise RecipeError(f"{path}: `extends` must be a string, got {_describe(parent)}", 'write extends = "base.toml"')
+    if not parent.strip():
+        # Path("") is the recipe's own folder, which would be reported as a missing file.
+        raise RecipeError(f"{path}: `extends` is empty", 'name the recipe this one builds on, e.g. extends = "base.toml", '
+                          "or delete the line")
     base = _read_file(path.parent / parent, (*stack, path))
     return _merge(base, raw)
 
@@ -237,13 +289,13 @@ def _nest(key: str, value: Any) -> dict[str, Any]:
 def _apply_overrides(raw: dict[str, Any], overrides: Iterable[str | tuple[str, Any]]) -> dict[str, Any]:
     for item in overrides:
         key, value = parse_override(item) if isinstance(item, str) else item
-        source = f"--set {key}"
-        if key in _TOP_ONLY:
+        source = f"--set {printable(key)}"
+        if key.split(".")[0] in _TOP_ONLY:
             raise RecipeError(f"{source}: `extends` cannot be overridden", "pass a different --recipe instead")
         patch = _nest(key, value)
         _build(Recipe, patch, "", source)
         if isinstance(value, str):
-            _resolve_paths(patch, Path.cwd())
+            _resolve_paths(patch, Path.cwd(), source)
         raw = _merge(raw, patch)
     return raw
 
@@ -312,4 +364,9 @@ def iter_keys(cls: type = Recipe, prefix: str = "") -> Iterator[tuple[str, str, 
         else:
             default = None
         shown = "unset" if default is None else (tomli_w.dumps({"v": default})[4:].strip())
-        yield path, type_name(tp), shown, f.metadata.get("help", "")
+        meaning = f.metadata.get("help", "")
+        limit = LIMITS.get(path)
+        if limit is not None:
+            bounds = ", ".join(b for b in (limit.rule(), f"{limit.length} values" if limit.length else "") if b)
+            meaning = f"{meaning} [{bounds}]"
+        yield path, type_name(tp), shown, meaning

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from toolkit.config.schema import Recipe
-from toolkit.errors import DataError
+from toolkit.errors import DataError, UsageError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -32,8 +32,14 @@ def aug_preview(recipe: Recipe, manifest: pd.DataFrame, out: str | Path, *, n: i
         columns: images per row; default: ``views + 1`` (the eval view first, then train views) when
             ``views > 1``, else about √n.
         views: augmented views per source image.
+
+    Raises:
+        UsageError: ``n`` or ``views`` below 1.
+        DataError: No images.
     """
     from toolkit.data.preprocessing import make_image_loader
+
+    _check_counts(n, views)
     from toolkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
 
     if len(manifest) == 0:
@@ -75,6 +81,12 @@ def aug_preview(recipe: Recipe, manifest: pd.DataFrame, out: str | Path, *, n: i
     return out
 
 
+def _check_counts(n: int, views: int) -> None:
+    for option, value in (("--n", n), ("--views", views)):
+        if value < 1:
+            raise UsageError(f"{option} {value}: the preview shows at least one", f"e.g. {option} 4")
+
+
 def preview_from_path(data: str | os.PathLike[str], out: str | Path, *, recipe: str | Path | None = None,
                       overrides: Sequence[str] = (), n: int = 16, seed: int = 0,
                       views: int = 1) -> tuple[Path, int]:
@@ -94,12 +106,15 @@ def preview_from_path(data: str | os.PathLike[str], out: str | Path, *, recipe: 
         ``(the PNG written, how many source images it shows)``.
 
     Raises:
-        RecipeError: The recipe cannot be loaded.
+        RecipeError: The recipe cannot be loaded, or a value in it is out of range.
+        UsageError: ``n`` or ``views`` below 1.
         DataError: No images, or whatever the source finds wrong.
     """
-    from toolkit.config import load_recipe
+    from toolkit.config import check_values, load_recipe
     from toolkit.data.sources import manifest_from_path
 
+    _check_counts(n, views)
     resolved = load_recipe(recipe, list(overrides))
+    check_values(resolved)  # before any image is read: sizes and crops the pipeline divides by
     manifest = manifest_from_path(data, extensions=resolved.data.extensions, label_column=resolved.targets.label)
     return aug_preview(resolved, manifest, out, n=n, seed=seed, views=views), min(n, len(manifest))

@@ -132,14 +132,33 @@ def resolve_normalization(data: DataConfig, model_cfg: dict[str, Any] | None = N
     # "dataset": the statistics `clsctl eda` measured and wrote to eda.json
     if not data.stats_file:
         raise RecipeError('data.normalize = "dataset" needs data.stats_file', 'point it at the eda.json of `clsctl eda`')
-    path = Path(data.stats_file)
+    return read_dataset_stats(data.stats_file)
+
+
+def read_dataset_stats(path: str | Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The per-channel mean and std (0..1 units) that ``clsctl eda`` wrote to an ``eda.json``.
+
+    Raises:
+        DataError: The file is missing, is not JSON, or lacks three finite means and three positive stds.
+    """
+    import math
+
+    path = Path(path)
     try:
-        stats = json.loads(path.read_text())["stats"]
-        return tuple(stats["mean"]), tuple(stats["std"])
+        stats = json.loads(path.read_bytes())["stats"]
+        mean, std = [float(m) for m in stats["mean"]], [float(s) for s in stats["std"]]
     except FileNotFoundError:
         raise DataError(f"data.stats_file {path} does not exist", "run `clsctl eda` on the training data first") from None
-    except (KeyError, TypeError, json.JSONDecodeError):
-        raise DataError(f"data.stats_file {path} has no stats.mean / stats.std", "use the eda.json written by `clsctl eda`") from None
+    except IsADirectoryError:
+        raise DataError(f"data.stats_file {path} is a folder", "point it at the eda.json inside it") from None
+    except (KeyError, TypeError, ValueError):  # not JSON, not UTF-8, or not the layout eda writes
+        raise DataError(f"data.stats_file {path} has no stats.mean / stats.std",
+                        "use the eda.json written by `clsctl eda`") from None
+    if len(mean) != 3 or len(std) != 3 or not all(math.isfinite(v) for v in mean + std) or min(std) <= 0:
+        # a std of 0 (one flat colour in a channel) would divide the pixels by zero
+        raise DataError(f"data.stats_file {path}: mean {mean} / std {std} are not 3 finite means and 3 positive stds",
+                        "run `clsctl eda` again on the training data, or set data.normalize = \"imagenet\"")
+    return tuple(mean), tuple(std)
 
 
 def _timm_auto_augment(spec: str, size: int, mean: Sequence[float]) -> Any:

@@ -8,8 +8,10 @@ from toolkit.models.checkpoint import (
     model_settings,
     read_record,
     save_checkpoint,
+    unreadable_weights,
 )
 from toolkit.models.factory import MultiHeadModel, check_hub_reachable, create_model, model_data_config
 
 __all__ = ["FoldModel", "ModelRecord", "MultiHeadModel", "check_hub_reachable", "create_model", "load_checkpoint",
-           "load_fold_model", "model_data_config", "model_settings", "read_record", "save_checkpoint"]
+           "load_fold_model", "model_data_config", "model_settings", "read_record", "save_checkpoint",
+           "unreadable_weights"]

@@ -99,7 +99,19 @@ class ModelRecord:
         if missing:
             raise RunError(f"model.json lacks {', '.join(missing)}",
                            "the checkpoint was not written by clsctl train; retrain the fold")
-        heads = [str(h) for h in meta["heads"]]
+        try:
+            return cls._from_json(meta, fallback)
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
+            # a value of the wrong shape (edited or damaged by hand): report the file, not the Python error
+            raise RunError(f"model.json is malformed ({_first_line(exc)})",
+                           "the file is damaged or was edited; retrain the fold") from None
+
+    @classmethod
+    def _from_json(cls, meta: Mapping[str, Any], fallback: Recipe | None) -> ModelRecord:
+        heads = meta["heads"]
+        if not isinstance(heads, list) or not heads:
+            raise TypeError(f"heads must be a list of target names, not {heads!r:.60}")
+        heads = [str(h) for h in heads]
         raw = meta["classes"]
         classes = {h: [str(c) for c in raw[h]] for h in heads} if isinstance(raw, dict) else {heads[0]: [str(c) for c in raw]}
         base = None
@@ -144,15 +156,81 @@ def save_checkpoint(model: nn.Module, path: str | Path, record: ModelRecord | Ma
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read the weights and the raw ``model.json`` written by :func:`save_checkpoint`; never unpickles."""
+    """Read the weights and the raw ``model.json`` written by :func:`save_checkpoint`; never unpickles.
+
+    Raises:
+        DataError: The checkpoint does not exist.
+        RunError: It is not a safetensors file (truncated, empty, replaced), or ``model.json`` is not a JSON object.
+    """
     from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():
         raise DataError(f"checkpoint {path} does not exist", "train the fold first, or check the run folder")
     meta_path = path.with_suffix(".json")
-    meta = read_json(meta_path) if meta_path.is_file() else {}
-    return load_file(str(path)), meta
+    meta = _read_record_json(meta_path) if meta_path.is_file() else {}
+    try:
+        return load_file(str(path)), meta
+    except Exception as exc:  # safetensors raises its own SafetensorError, and OSError for unreadable files
+        raise RunError(f"{_where(path)} is not a safetensors checkpoint: {_first_line(exc)}",
+                       "the file is damaged or was replaced; retrain the fold (nothing in it was run)") from None
+
+
+def unreadable_weights(path: str | Path) -> str | None:
+    """Why ``path`` cannot be read as weights without running code from it; None when it can.
+
+    A ``.safetensors`` file needs a valid header; anything else must load with ``torch.load(weights_only=True)``
+    (tensors and plain containers only), as timm and Accelerate load it. Archives written by ``torch.save``
+    are memory-mapped, so checking a large file reads little of it.
+    """
+    import pickle
+    import warnings
+    import zipfile
+
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            return "the file is empty"
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as handle:
+                handle.keys()
+            return None
+        import torch
+
+        with warnings.catch_warnings():  # torch's note on unusual pickle protocols adds nothing to the answer
+            warnings.simplefilter("ignore")
+            torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError:
+        return "it is a pickle that would run code or build objects other than tensors (refused: nothing in it ran)"
+    except Exception as exc:  # the loaders' own error types: SafetensorError, RuntimeError, EOFError, IndexError...
+        return _first_line(exc)
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
+
+
+def _where(path: Path) -> str:
+    """``folds/0/model.safetensors`` for a file in a run folder (the run's own layout), else the path."""
+    parts = path.parts
+    return "/".join(parts[-3:]) if len(parts) >= 3 and parts[-3] == "folds" else str(path)
+
+
+def _read_record_json(path: Path) -> dict[str, Any]:
+    """``model.json`` as a dict; RunError naming it when it is not JSON or not an object."""
+    try:
+        meta = read_json(path)
+    except (ValueError, OSError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise RunError(f"{_where(path)} is not valid JSON: {_first_line(exc)}",
+                       "the file is damaged or was edited; retrain the fold") from None
+    if not isinstance(meta, dict):
+        raise RunError(f"{_where(path)} holds a JSON {type(meta).__name__}, not the checkpoint record",
+                       "the file is damaged or was edited; retrain the fold")
+    return meta
 
 
 @dataclass
@@ -169,7 +247,7 @@ def read_record(run: Run, fold: int) -> ModelRecord:
     meta_path = run.checkpoint_path(fold).with_suffix(".json")
     if not meta_path.is_file():
         raise RunError(f"run {run.id} fold {fold} has no model.json", "train the fold to the end")
-    meta = read_json(meta_path)
+    meta = _read_record_json(meta_path)
     fallback = None
     if not meta.get("preprocessing") or not meta.get("model"):
         fallback = run.read_recipe() if run.recipe_path.is_file() else None

@@ -145,14 +145,15 @@ def create_model(cfg: ModelConfig, num_classes: int | Sequence[int], head_names:
                                       drop_rate=cfg.drop_rate, **kwargs)
     except ToolkitError:
         raise
-    except (OSError, RuntimeError, ValueError) as exc:
-        text = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-        if pretrained and not cfg.pretrained_file:
-            raise ToolkitError(f"could not get pretrained weights for `{cfg.name}`: {text}",
-                               "set model.pretrained_file to a local weights file, or model.pretrained = false") from None
+    except Exception as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         if cfg.pretrained_file:
+            # Whatever the file holds, the loaders fail in their own ways (KeyError, IndexError, SafetensorError).
             raise DataError(f"could not load model.pretrained_file {cfg.pretrained_file} into `{cfg.name}`: {text}",
                             "check that the file holds weights for this architecture") from None
+        if pretrained and isinstance(exc, OSError | RuntimeError | ValueError):
+            raise ToolkitError(f"could not get pretrained weights for `{cfg.name}`: {text}",
+                               "set model.pretrained_file to a local weights file, or model.pretrained = false") from None
         raise
     if pretrained and cfg.head_init == "zero":
         zero_heads(model)

@@ -44,21 +44,46 @@ def train(recipe: Recipe, *, runs_root: str | Path | None = None, name: str | No
         TrainingError: Training cannot go on (e.g. a non-finite loss).
     """
     check_recipe(recipe)
+    if resume is not None:
+        _check_resumable(resume, runs_root, progress)
     from toolkit.train.trainer import Trainer
 
     return Trainer(recipe, runs_root=runs_root, name=name, folds=folds, resume=resume, callbacks=callbacks,
                    progress=progress).run()
 
 
+def _check_resumable(resume: str | Path | Run, runs_root: str | Path | None, progress: Progress | bool | None) -> None:
+    """Refuse a saved state that cannot be loaded safely before the run is touched; warn about what is skipped."""
+    import os
+
+    from toolkit.progress import as_progress
+    from toolkit.store import RunStore
+    from toolkit.train.resume import check_saved_states
+
+    run = RunStore(runs_root).open(resume)
+    if run.kind != "train":
+        return  # the trainer refuses it, naming the kind
+    notes = check_saved_states(run)
+    if notes and os.environ.get("RANK", "0") == "0":  # under `accelerate launch` one process reports
+        shown = as_progress(progress)
+        for note in notes:
+            shown.log(f"warning: {note}")
+
+
 def resume_recipe(run_ref: str | Path, runs_root: str | Path | None = None) -> Recipe:
     """The recipe a run was started with (what ``--resume`` continues).
 
     Raises:
-        RunError: No such run, or it has no ``recipe.toml``.
+        RunError: No such run, it is not a train run, or it has no ``recipe.toml``.
     """
     from toolkit.store import RunStore
 
     run = RunStore(runs_root).open(run_ref)
+    if run.kind != "train":
+        hint = "pass a train run"
+        if run.kind == "split":  # the likely intent: train on the folds it assigned
+            hint = f"to train on its folds: clsctl train --recipe R.toml --set data.manifest={run.path / 'manifest.csv'}"
+        raise RunError(f"--resume {run_ref}: run {run.id} is a `{run.kind}` run; --resume continues train runs", hint)
     if not run.recipe_path.is_file():
         raise RunError(f"run {run.id} has no recipe.toml", "it cannot be resumed; start a new run")
     return run.read_recipe()

@@ -3,7 +3,8 @@
 :func:`check_recipe` needs nothing heavy (no torch, no timm): a recipe that names no data or asks for
 impossible values fails in the time it takes to read it. :func:`validate_recipe` resolves every name
 through timm and the registries; :func:`check_pretrained` makes sure the pretrained weights can be had
-before the data is read and decoded.
+before the data is read and decoded. All of them run before a run folder is created, so a recipe error
+never leaves a failed run behind.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import difflib
 import os
 from pathlib import Path
 
+from toolkit.config.checks import check_values
 from toolkit.config.schema import ModelConfig, Recipe
 from toolkit.data.training import check_data_source
+from toolkit.data.transforms import read_dataset_stats
 from toolkit.errors import DataError, RecipeError, ToolkitError
 
 SCHEDULERS = ("cosine", "tanh", "step", "multistep", "plateau", "poly", "constant", "wsd", "rsqrt", "none")
@@ -28,13 +31,17 @@ def _choice(key: str, value: str, valid: list[str] | tuple[str, ...]) -> None:
 
 
 def check_recipe(recipe: Recipe) -> None:
-    """The checks that need no heavy library: a data source, sizes, head weights, MixUp's constraints.
+    """The checks that need no heavy library: a data source, every value's range, the keys that depend on
+    each other, and the dataset statistics ``normalize = "dataset"`` reads.
 
     Raises:
         RecipeError: naming the key and how to fix it.
+        DataError: ``data.stats_file`` cannot be used.
     """
     check_data_source(recipe.data)
-    _check_values(recipe)
+    check_values(recipe)
+    if recipe.data.normalize == "dataset" and recipe.data.mean is None and recipe.data.stats_file:
+        read_dataset_stats(recipe.data.stats_file)
 
 
 def validate_recipe(recipe: Recipe) -> None:
@@ -51,32 +58,13 @@ def validate_recipe(recipe: Recipe) -> None:
     from toolkit.models.factory import check_model_name
     from toolkit.train.losses import create_loss
 
+    check_values(recipe)  # the builders below assume values in range (a crop_pct of 0 divides by it)
     check_model_name(recipe.model.name)
     _choice("optim.name", recipe.optim.name.lower(), timm.optim.list_optimizers())
     _choice("sched.name", recipe.sched.name, SCHEDULERS)
     metric_direction(recipe.train.metric)
     create_loss(recipe.loss, [1] * 2)
     validate_aug(recipe)
-    _check_values(recipe)
-
-
-def _check_values(recipe: Recipe) -> None:
-    t = recipe.train
-    for key, value, low in (("train.epochs", t.epochs, 1), ("train.batch_size", t.batch_size, 1),
-                            ("train.grad_accum", t.grad_accum, 1), ("data.image_size", recipe.data.image_size, 8)):
-        if value < low:
-            raise RecipeError(f"{key} = {value} is too small", f"use a value of at least {low}")
-    heads = recipe.targets.heads
-    if recipe.targets.head_weights is not None and len(recipe.targets.head_weights) != len(heads):
-        raise RecipeError(f"targets.head_weights has {len(recipe.targets.head_weights)} values for {len(heads)} heads",
-                          "give one weight per entry of targets.heads")
-    if (recipe.aug.mixup_alpha > 0 or recipe.aug.cutmix_alpha > 0) and len(heads) > 1:
-        raise RecipeError("aug.mixup_alpha / aug.cutmix_alpha work with one head only", "turn them off for multi-head recipes")
-    if (recipe.aug.mixup_alpha > 0 or recipe.aug.cutmix_alpha > 0) and t.batch_size % 2:
-        raise RecipeError(f"train.batch_size = {t.batch_size}: MixUp/CutMix pair images, so it must be even",
-                          f"set train.batch_size = {t.batch_size + 1}")
-    if recipe.split.holdout is not None and not 0 < recipe.split.holdout < 1:
-        raise RecipeError(f"split.holdout = {recipe.split.holdout} must lie between 0 and 1", "e.g. split.holdout = 0.2")
 
 
 def check_pretrained(cfg: ModelConfig) -> None:
@@ -86,15 +74,19 @@ def check_pretrained(cfg: ModelConfig) -> None:
     ``HF_HUB_OFFLINE`` set, to be in the local hub cache already.
 
     Raises:
-        DataError: ``model.pretrained_file`` does not exist.
+        DataError: ``model.pretrained_file`` does not exist or holds no weights that load without running code.
         ToolkitError: The hub cannot be reached, or offline weights are not cached.
     """
-    from toolkit.models import check_hub_reachable
+    from toolkit.models import check_hub_reachable, unreadable_weights
 
     if cfg.pretrained_file:
         if not Path(cfg.pretrained_file).is_file():
             raise DataError(f"model.pretrained_file {cfg.pretrained_file} does not exist",
                             "check the path (relative paths are relative to the recipe file)")
+        problem = unreadable_weights(cfg.pretrained_file)
+        if problem is not None:
+            raise DataError(f"model.pretrained_file {cfg.pretrained_file} holds no weights: {problem}",
+                            "point it at a .safetensors file or a PyTorch state dict saved with torch.save")
         return
     if not cfg.pretrained:
         return
