@@ -6,8 +6,11 @@ Heavy libraries (torch, timm, pandas) are imported inside command bodies, never 
 
 from __future__ import annotations
 
+import errno
 import os
+import signal
 import sys
+import threading
 from typing import Annotated
 
 import typer
@@ -69,6 +72,18 @@ def _fail(message: str, code: int) -> int:
 
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code (what ``main`` exits with)."""
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    sigint = signal.getsignal(signal.SIGINT) if in_main_thread else None
+    try:
+        return _run(argv)
+    finally:
+        # After a Ctrl-C the way out ran with SIGINT at its default action (see _stopped); a caller that
+        # runs commands in-process gets its own handler back.
+        if sigint is not None and signal.getsignal(signal.SIGINT) is not sigint:
+            signal.signal(signal.SIGINT, sigint)
+
+
+def _run(argv: list[str] | None) -> int:
     from toolkit.errors import ToolkitError
 
     try:
@@ -76,17 +91,50 @@ def run(argv: list[str] | None = None) -> int:
         app(args=argv, prog_name="clsctl")
         return 0
     except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if code in (130, 143):  # Typer turns a Ctrl-C into exit 130; a SIGTERM ends a run with 143
+            return _stopped(exc, code)
+        return code
     except ToolkitError as exc:
         return _fail(str(exc), exc.exit_code)
-    except KeyboardInterrupt:
-        return _fail("interrupted", 130)
+    except KeyboardInterrupt as exc:
+        return _stopped(exc, 130)
     except MemoryError:
         return _fail("out of memory — lower train.batch_size or data.image_size", 1)
     except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            return _fail(_no_room(exc), 1)
         return _fail(f"{exc} — check the path and its permissions (CLSCTL_DEBUG=1 shows the traceback)", 1)
     except Exception as exc:  # one line for the user; the traceback is a variable away
         return _fail(f"{type(exc).__name__}: {exc} — set CLSCTL_DEBUG=1 for the traceback and report it", 1)
+
+
+def _stopped(exc: BaseException, code: int) -> int:
+    """One line for a command stopped by Ctrl-C (130) or SIGTERM (143), with the notes the library added
+    on the way out (``clsctl train`` names the command that resumes the run)."""
+    if threading.current_thread() is threading.main_thread():
+        # What is left of the way out (loader workers joined as the traceback is freed) may wait; a second
+        # Ctrl-C then ends the process at once instead of raising inside that cleanup.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    notes: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:  # Typer raises its Exit(130) from the interrupt
+        seen.add(id(current))
+        notes += [n for n in getattr(current, "__notes__", ()) if n not in notes]
+        current = current.__cause__ or current.__context__
+    what = "interrupted" if code == 130 else "terminated (SIGTERM)"
+    return _fail(" — ".join([what, *notes]), code)
+
+
+def _no_room(exc: OSError) -> str:
+    if exc.errno == errno.EFBIG:
+        what = f"the write of {exc.filename}" if exc.filename else "a write"
+        return f"the file size limit (ulimit -f) cut short {what} — raise it (`ulimit -f unlimited`) and run again"
+    what = "disk quota exceeded" if exc.errno == errno.EDQUOT else "disk full: no space left on device"
+    where = f" writing {exc.filename}" if exc.filename else ""
+    return (f"{what}{where} — free space on that disk (runs or prediction sets you no longer need), then run the "
+            "command again; the files it was replacing are intact")
 
 
 def main() -> None:

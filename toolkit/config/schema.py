@@ -180,6 +180,9 @@ class TrainConfig:
     log_with: list[str] = _f(list, "trackers: tensorboard, wandb, mlflow", factory=True)
     log_every: int = _f(50, "steps between plain progress lines when not on a terminal")
     keep_state: bool = _f(False, "keep a finished fold's resume state (folds/<k>/state/); by default it is removed")
+    nonfinite: Literal["stop", "skip"] = _f(
+        "stop", "a batch with a NaN/inf loss: stop fails the run keeping the last good checkpoint; skip drops the "
+        "batch and counts it (nonfinite_skipped in metrics.csv and the fold's done.json)")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,11 @@ hidden ``.<name>.tmp-<pid>-<rand>`` file stays behind, which no reader ever look
 
 CSV logs are the exception: they grow by appending. ``append_csv_row`` keeps them sound by
 writing each row as one ``os.write`` on an ``O_APPEND`` descriptor under an exclusive lock,
-and by cutting away a torn last line (from a crash mid-write) before appending again.
+by cutting back a row that failed halfway (a full disk), and by cutting away a torn last line
+(from a crash mid-write) before appending again.
+
+A write that fails names the file it was writing (``OSError.filename``), and :func:`no_room` tells a
+write that found no room (full disk, quota, ``ulimit -f``) from any other failure.
 """
 
 from __future__ import annotations
@@ -15,9 +19,11 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as _dt
+import errno
 import io
 import json
 import os
+import re
 import secrets
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -34,7 +40,9 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "atomic_writer",
+    "no_room",
     "read_json",
+    "temp_file_pid",
     "to_jsonable",
 ]
 
@@ -45,10 +53,48 @@ _ARRAY_MODULES = frozenset({"numpy", "torch", "pandas"})
 _CHUNK = 64 * 1024
 
 
+# Errors that mean there was no room to write: a full disk, an exhausted quota, the process's file size limit.
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+# Libraries that write for us (safetensors, torch.save) raise their own types, with the OS error in the text.
+_NO_ROOM_TEXT = re.compile(r"No space left on device|Disk quota exceeded|File too large|os error (\d+)")
+_TEMP_NAME = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]{8}$")
+
+
 def _temp_path(target: Path) -> Path:
     # Hidden (leading dot) so globs like ``*.json`` never pick up a half-written file, and
     # pid + random so two writers of the same target never share a temporary file.
     return target.with_name(f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def temp_file_pid(name: str) -> int | None:
+    """The id of the process that wrote the temporary file ``name`` (one of :func:`atomic_writer`'s), else None."""
+    found = _TEMP_NAME.match(name)
+    return int(found.group(1)) if found else None
+
+
+def no_room(exc: BaseException) -> tuple[int, str | None] | None:
+    """Whether ``exc``, or an exception it came from, says a write found no room.
+
+    Returns:
+        ``(errno, file)`` for ENOSPC (disk full), EDQUOT (quota) or EFBIG (``ulimit -f``); the file is
+        None when the error does not name it. None for any other error.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _NO_ROOM:
+            return current.errno, current.filename if isinstance(current.filename, str) else None
+        text = str(current)
+        found = _NO_ROOM_TEXT.search(text)
+        if found:
+            code = int(found.group(1)) if found.group(1) else None
+            if code is None:
+                code = (errno.ENOSPC if "No space" in text else errno.EDQUOT if "quota" in text else errno.EFBIG)
+            if code in _NO_ROOM:
+                return code, None
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -116,9 +162,11 @@ def atomic_writer(
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename is None:
+            exc.filename = str(target)  # a failed write() names no file; whoever reads the error needs it
         raise
     _fsync_dir(target.parent)
 
@@ -352,11 +400,21 @@ def _append_locked(fd: int, target: Path, values: dict[str, Any]) -> None:
         size = _repair_torn_tail(fd, size)
     if not size:
         header = list(values)
-        _write_all(fd, _format_line(header) + _format_line([values[k] for k in header]))
-        return
-    header = _read_header(fd)
-    new_columns = [k for k in values if k not in header]
-    if new_columns:
-        _rewrite_with_columns(fd, target, header + new_columns, values)
-        return
-    _write_all(fd, _format_line([values.get(k) for k in header]))
+        data = _format_line(header) + _format_line([values[k] for k in header])
+    else:
+        header = _read_header(fd)
+        new_columns = [k for k in values if k not in header]
+        if new_columns:
+            _rewrite_with_columns(fd, target, header + new_columns, values)
+            return
+        data = _format_line([values.get(k) for k in header])
+    try:
+        _write_all(fd, data)
+    except OSError as exc:
+        # A full disk can take half a row: cut it off now rather than leave a torn line for readers
+        # until the next append repairs it (which may never come).
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, size)
+        if exc.errno is not None and exc.filename is None:
+            exc.filename = str(target)
+        raise

@@ -38,7 +38,13 @@ from typing import Any
 
 from toolkit.errors import RunError
 from toolkit.store import provenance
-from toolkit.store.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from toolkit.store.atomic import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+    temp_file_pid,
+)
 from toolkit.store.files import RunFiles
 from toolkit.store.lock import folder_lock
 
@@ -139,6 +145,7 @@ class Run(RunFiles):
         self._info: dict[str, Any] | None = None
         self._active: list[contextlib.AbstractContextManager[Run]] = []
         self._signal: int | None = None
+        self._handled: builtins.list[int] = []
 
     # ------------------------------------------------------------------ identity
     def __repr__(self) -> str:
@@ -369,8 +376,14 @@ class Run(RunFiles):
         ``KeyboardInterrupt`` marks it interrupted. In the main thread, SIGINT and SIGTERM
         handlers are installed for the block (and the previous ones restored after): they
         mark the run interrupted at once, then raise ``KeyboardInterrupt`` (SIGINT) or
-        ``SystemExit(128 + signum)`` (SIGTERM) so the program unwinds and stops. A signal
-        that was ignored (``SIG_IGN``, e.g. SIGINT for a ``nohup`` job) stays ignored.
+        ``SystemExit(128 + signum)`` (SIGTERM) so the program unwinds and stops. From then
+        on until the block ends, a second SIGINT or SIGTERM ends the process at once (the
+        signal's default action), however long the unwinding waits. A signal that was
+        ignored (``SIG_IGN``, e.g. SIGINT for a ``nohup`` job) stays ignored.
+
+        When an exception is already on its way out, a failure to record the end (a full disk
+        cannot take run.json either) does not replace it: the run then stays ``running`` with a
+        process that is gone, which :attr:`stale` recognises.
 
         Yields:
             This run.
@@ -382,17 +395,17 @@ class Run(RunFiles):
             yield self
         except KeyboardInterrupt:
             if self._signal is None:  # the handler has already recorded a signal
-                self._record_end(RunStatus.INTERRUPTED, "KeyboardInterrupt")
+                self._record_end_quietly(RunStatus.INTERRUPTED, "KeyboardInterrupt")
             raise
         except SystemExit as exc:
             if self._signal is None:
                 if exc.code in (None, 0):
-                    self._record_end(RunStatus.FINISHED, None)
+                    self._record_end_quietly(RunStatus.FINISHED, None)
                 else:
-                    self._record_end(RunStatus.FAILED, f"SystemExit: {exc.code}")
+                    self._record_end_quietly(RunStatus.FAILED, f"SystemExit: {exc.code}")
             raise
         except BaseException as exc:
-            self._record_end(RunStatus.FAILED, _describe(exc))
+            self._record_end_quietly(RunStatus.FAILED, _describe(exc))
             raise
         else:
             self._record_end(RunStatus.FINISHED, None)
@@ -405,8 +418,17 @@ class Run(RunFiles):
         if self._load_info().get("status") == RunStatus.RUNNING:
             self.set_status(status, error)
 
+    def _record_end_quietly(self, status: RunStatus, error: str | None) -> None:
+        with contextlib.suppress(OSError):
+            self._record_end(status, error)
+
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._signal = signum
+        # The next SIGINT or SIGTERM takes the default action and ends the process at once: a user who
+        # presses Ctrl-C twice wants out, even when the unwinding waits on loader workers or a device.
+        for handled in self._handled:
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(handled, signal.SIG_DFL)
         name = signal.Signals(signum).name
         # Recorded here, not only when the exception unwinds, because code in the block may
         # catch KeyboardInterrupt/SystemExit and the process may then die some other way.
@@ -429,13 +451,36 @@ class Run(RunFiles):
             except (ValueError, OSError):  # e.g. a sub-interpreter
                 continue
             previous[signum] = old
+        self._handled = list(previous)
 
         def restore() -> None:
+            self._handled = []
             for signum, old in previous.items():
                 # None means a handler installed from C we cannot reinstate; default is closest.
                 signal.signal(signum, old if old is not None else signal.SIG_DFL)
 
         return restore
+
+    def remove_stale_temp_files(self) -> builtins.list[Path]:
+        """Delete the temporary files that processes killed mid-write left in this run (outside ``predictions/``).
+
+        Call it holding the run's lock: only a trainer writes there then. A file whose writer still
+        runs on this machine is left alone.
+
+        Returns:
+            The files removed.
+        """
+        removed = []
+        for folder, dirs, files in os.walk(self.path):
+            if Path(folder) == self.path and "predictions" in dirs:
+                dirs.remove("predictions")  # `clsctl predict` writes there without the run's lock
+            for name in files:
+                pid = temp_file_pid(name)
+                if pid is not None and pid != os.getpid() and not provenance.pid_alive(pid):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(folder, name))
+                        removed.append(Path(folder, name))
+        return removed
 
     def lock(self) -> contextlib.AbstractContextManager[None]:
         """Hold this run's exclusive lock for a block: what a trainer does for as long as it trains.

@@ -23,6 +23,21 @@ def fold_seed(seed: int, fold: int, epoch: int = 0) -> int:
     return int(np.random.SeedSequence([seed, fold, epoch]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
+def keeps_last_batch(samples: int, batch_size: int, *, paired: bool) -> bool:
+    """Whether an epoch of ``samples`` in steps of ``batch_size`` images (all processes together) keeps its
+    last, partial step.
+
+    A small last batch makes a noisy step on a few images (one image breaks BatchNorm), so it is dropped.
+    On small data, though, dropping it throws away a large share of every epoch (100 rows in batches of 64
+    would train on 64), so a last batch of at least half a batch is kept; under MixUp/CutMix, which pair
+    the images of a batch, only when it holds an even number.
+    """
+    last = samples % batch_size
+    if samples <= batch_size or last == 0:
+        return True  # one batch holds everything, or there is no partial batch
+    return 2 * last >= batch_size and not (paired and last % 2)
+
+
 @dataclass
 class FoldLoaders:
     """What :func:`fold_loaders` builds (the loaders are not prepared by Accelerate yet)."""
@@ -72,7 +87,10 @@ def fold_loaders(recipe: Recipe, data: TrainingData, fold: int, prep: Preprocess
         from toolkit.data.samplers import class_balanced_sampler
 
         sampler = class_balanced_sampler(data.targets[train_rows, 0], tcfg.sampler, tcfg.epoch_samples, generator)
-    drop_last = len(train_ds) > tcfg.batch_size  # no tiny last batch (BatchNorm, MixUp need pairs)
+    paired = recipe.aug.mixup_alpha > 0 or recipe.aug.cutmix_alpha > 0
+    samples = len(sampler) if sampler is not None else len(train_ds)
+    # Accelerate deals each process its own batches: the epoch ends on a partial step of all of them together.
+    drop_last = not keeps_last_batch(samples, tcfg.batch_size * num_processes, paired=paired)
     train_dl = torch.utils.data.DataLoader(train_ds, batch_size=tcfg.batch_size, shuffle=sampler is None,
                                            sampler=sampler, drop_last=drop_last, generator=generator, **common)
     val_dl = torch.utils.data.DataLoader(val_ds, batch_size=tcfg.batch_size * 2, shuffle=False, **common)

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from toolkit.models.checkpoint import ModelRecord
 
 # The keys of FoldState that state_dict saves (and load_state_dict restores) for resume.
-_SAVED = ("epoch", "best", "best_epoch", "history", "num_updates")
+_SAVED = ("epoch", "best", "best_epoch", "history", "num_updates", "nonfinite_skipped")
 
 
 @dataclass
@@ -47,6 +47,8 @@ class FoldState:
         improved: Whether the epoch that just ended set a new best.
         history: The metrics rows of this fold so far.
         num_updates: Optimizer updates so far (the scheduler's and the EMA's step).
+        nonfinite_skipped: Batches of the fold skipped for a non-finite loss (``train.nonfinite = "skip"``).
+        epoch_skipped: Those of the current epoch.
         step: Batches done in the current epoch.
         train_loss: The running mean training loss of the current epoch.
         images_per_second: Training throughput of the current epoch so far, all processes together.
@@ -78,6 +80,8 @@ class FoldState:
     improved: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
     num_updates: int = 0
+    nonfinite_skipped: int = 0
+    epoch_skipped: int = 0
     step: int = 0
     train_loss: float = 0.0
     images_per_second: float = 0.0

@@ -24,14 +24,20 @@ if TYPE_CHECKING:
 
 
 def train_epoch(accelerator: Accelerator, state: FoldState, epoch: int, grad_clip: float | None,
-                call: Callable[..., None]) -> tuple[float, int]:
+                call: Callable[..., None], nonfinite: str = "stop") -> tuple[float, int]:
     """Train one epoch; call ``on_step_end`` after every batch.
 
+    Args:
+        nonfinite: What a batch with a non-finite loss does: ``stop`` raises, ``skip`` leaves the weights
+            untouched by it (no backward; when it is the batch that would apply an accumulated update, that
+            update is dropped) and counts it in ``state.epoch_skipped`` and ``state.nonfinite_skipped``.
+
     Returns:
-        The mean training loss over all processes, and the images seen by all processes.
+        The mean training loss over all processes (skipped batches left out), and the images seen by all processes.
 
     Raises:
-        TrainingError: The loss turned non-finite (the last good checkpoint is kept).
+        TrainingError: The loss turned non-finite and ``nonfinite`` is ``stop``, or every batch of the epoch
+            was skipped (the last good checkpoint is kept either way).
     """
     model, optimizer, scheduler = state.model, state.optimizer, state.scheduler
     model.train()
@@ -39,38 +45,51 @@ def train_epoch(accelerator: Accelerator, state: FoldState, epoch: int, grad_cli
     started = time.perf_counter()
     state.step, state.train_loss, state.images_per_second = 0, 0.0, 0.0
     state.data_wait = 0.0  # seconds spent waiting for batches: the loader's share of the epoch
+    state.epoch_skipped = 0
     waited = time.perf_counter()
     for step, (images, targets, _) in enumerate(state.train_loader):
         state.data_wait += time.perf_counter() - waited
         images = state.normalize(images)
         if state.mixup is not None:
             images, targets = state.mixup(images, targets.reshape(len(targets), -1)[:, 0])
+        updated = False
         with accelerator.accumulate(model):
             loss = multihead_loss(model(images), targets, state.criteria, state.head_weights, state.head_sizes)
-            finite = accelerator.gather(torch.isfinite(loss.detach()).reshape(1)).all()
-            if not bool(finite):
+            # Every process decides alike, so none waits in backward for the others.
+            finite = bool(accelerator.gather(torch.isfinite(loss.detach()).reshape(1)).all())
+            if not finite and nonfinite != "skip":
                 raise TrainingError(
                     f"non-finite loss in fold {state.fold}, epoch {epoch}, step {step}; the last good checkpoint is kept",
-                    "lower optim.lr, set train.grad_clip, or use train.precision = \"no\"/\"bf16\" instead of fp16")
-            accelerator.backward(loss)
-            if grad_clip is not None and accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(model.parameters(), grad_clip)
-            optimizer.step()
+                    "lower optim.lr, set train.grad_clip, or use train.precision = \"no\"/\"bf16\" instead of fp16; "
+                    "train.nonfinite = \"skip\" skips such batches instead")
+            if finite:
+                accelerator.backward(loss)
+                if grad_clip is not None and accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), grad_clip)
+                optimizer.step()
+                updated = accelerator.sync_gradients
+                if updated:
+                    state.num_updates += 1
+                    if scheduler is not None:
+                        scheduler.step_update(state.num_updates)
+            else:
+                state.epoch_skipped += 1
+                state.nonfinite_skipped += 1
             optimizer.zero_grad(set_to_none=True)
-            updated = accelerator.sync_gradients
-            if updated:
-                state.num_updates += 1
-                if scheduler is not None:
-                    scheduler.step_update(state.num_updates)
         n = images.shape[0]
-        total += float(loss.detach()) * n
-        count += n
+        if finite:
+            total += float(loss.detach()) * n
+            count += n
         seen += n * accelerator.num_processes
         state.step = step + 1
         state.train_loss = total / max(count, 1)
         state.images_per_second = seen / max(time.perf_counter() - started, 1e-9)
         call("on_step_end", state=state, updated=updated)
         waited = time.perf_counter()
+    if state.step and state.epoch_skipped == state.step:
+        raise TrainingError(f"every batch of fold {state.fold}, epoch {epoch} had a non-finite loss "
+                            f"({state.epoch_skipped} skipped): the weights themselves are no longer finite",
+                            "lower optim.lr or set train.grad_clip and train again; the last good checkpoint is kept")
     mean_loss = torch.tensor([total, count], device=accelerator.device, dtype=torch.float64)
     mean_loss = accelerator.reduce(mean_loss, reduction="sum")
     return float(mean_loss[0] / max(mean_loss[1], 1)), seen

@@ -17,11 +17,13 @@ Only the main process writes, and every file is written through the run's store 
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import random
+import shlex
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +32,12 @@ import torch
 
 from toolkit.config.schema import Recipe, recipe_to_dict
 from toolkit.data.training import bad_images_error, load_training_data, parse_fold_selection
-from toolkit.errors import RunError, UsageError
+from toolkit.errors import RunError, TrainingError, UsageError
 from toolkit.metrics import is_better
 from toolkit.progress import NullProgress, Progress, as_progress
 from toolkit.runtime import cores, make_accelerator
-from toolkit.store import Run, RunStore, run_holding
+from toolkit.store import Run, RunStatus, RunStore, default_runs_root, run_holding
+from toolkit.store.atomic import no_room
 from toolkit.train.callbacks import HOOKS, Callback, default_callbacks
 from toolkit.train.loaders import fold_loaders, fold_seed
 from toolkit.train.results import write_oof_and_summary
@@ -76,6 +79,7 @@ class Trainer:
         self.requested_progress = progress
         self.callbacks: list[Callback] = []
         self.progress: Progress = NullProgress()
+        self._warned_batchnorm = False
 
     def call(self, hook: str, **kwargs: Any) -> None:
         """Call ``hook`` on every callback, in order, with the trainer and ``kwargs``."""
@@ -88,7 +92,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ the run
     def run(self) -> Run:
-        """Train; return the run. Marks the run failed/interrupted when training does not finish."""
+        """Train; return the run. Marks the run failed/interrupted when training does not finish.
+
+        A Ctrl-C or SIGTERM leaves with a note on the exception naming the command that resumes the run,
+        and a write that finds no room (full disk, quota, ``ulimit -f``) fails as a :class:`TrainingError`
+        saying what to free; what was written before it stays whole.
+        """
         recipe = self.recipe
         check_recipe(recipe)
         validate_recipe(recipe)  # a bad name fails before any data is read or any run folder exists
@@ -108,13 +117,18 @@ class Trainer:
             warmed = self._warm_cache()
             self.folder = run = self._open_run(resumed, held)
             self.callbacks = [*default_callbacks(recipe, self.progress, self.folds), *self.extra_callbacks]
-            if accelerator.is_main_process:
-                with run.activate():
+            try:
+                if accelerator.is_main_process:
+                    with run.activate(), _no_room_explained(run):
+                        self._start(warmed)
+                        self._train_folds()
+                else:
                     self._start(warmed)
                     self._train_folds()
-            else:
-                self._start(warmed)
-                self._train_folds()
+            except (KeyboardInterrupt, SystemExit) as exc:
+                if accelerator.is_main_process and _status(run) is RunStatus.INTERRUPTED:
+                    exc.add_note(f"resume with `{resume_command(run)}`")
+                raise
             if recipe.train.log_with:
                 accelerator.end_training()
         return run
@@ -206,6 +220,7 @@ class Trainer:
         if accelerator.is_main_process:
             if self.resume is not None:
                 run.update_info(resumed=True, pid=os.getpid(), folds=self.folds)
+                run.remove_stale_temp_files()  # what a kill -9 in the middle of a write left
             if warmed is not None:
                 run.update_info(cache_warm=warmed)
             run.write_classes(data.heads, data.classes)
@@ -262,6 +277,8 @@ class Trainer:
             if done is not None:
                 results[k] = done
                 self.progress.log(f"fold {k}: already finished, skipped")
+                if accelerator.is_main_process and not self.recipe.train.keep_state:
+                    run.remove_fold_state(k)  # a kill between done.json and the removal left it behind
                 continue
             results[k] = self._train_fold(k)
             accelerator.wait_for_everyone()
@@ -289,7 +306,7 @@ class Trainer:
                 state.train_loader.set_epoch(epoch)
             else:
                 state.train_loader.dataset.set_epoch(epoch)
-            train_loss, seen = train_epoch(accelerator, state, epoch, tcfg.grad_clip, self.call)
+            train_loss, seen = train_epoch(accelerator, state, epoch, tcfg.grad_clip, self.call, tcfg.nonfinite)
             train_s = time.perf_counter() - t0
             val = evaluate(accelerator, state, self.data)
             score = val["metrics"][tcfg.metric] if tcfg.metric in val["metrics"] else val["metrics"]["val_loss"]
@@ -301,6 +318,8 @@ class Trainer:
                    "train_img_s": seen / max(train_s, 1e-9), "train_s": train_s, "data_wait_s": state.data_wait,
                    "best": state.improved}
             row.update({f"recall_{c}": v for c, v in val["metrics"].get("per_class_recall", {}).items()})
+            if tcfg.nonfinite == "skip":
+                row["nonfinite_skipped"] = state.epoch_skipped
             state.epoch = epoch
             state.history.append(row)
             if state.improved:
@@ -313,6 +332,10 @@ class Trainer:
         best = run.read_fold_best(k) or {"metrics": {}}
         result = {"fold": k, "best_epoch": state.best_epoch, "best_score": state.best,
                   "epochs_run": state.epoch + 1, "metrics": best["metrics"]}
+        if tcfg.nonfinite == "skip":
+            result["nonfinite_skipped"] = state.nonfinite_skipped
+            if state.nonfinite_skipped:
+                self.progress.log(f"fold {k}: skipped {state.nonfinite_skipped} batch(es) with a non-finite loss")
         if accelerator.is_main_process:
             run.write_fold_done(k, result)
         self.call("on_fold_end", state=state, result=result)
@@ -350,6 +373,8 @@ class Trainer:
         prep = Preprocessing.from_recipe(recipe, mean, std)
         loaders = fold_loaders(recipe, data, k, prep, num_processes=accelerator.num_processes,
                                on_gpu=accelerator.device.type != "cpu")
+        self._warn_few_batchnorm_updates(k, model, math.ceil(len(loaders.train) / accelerator.num_processes),
+                                         len(loaders.train_rows))
         if accelerator.is_main_process and run.read_transforms() is None:
             run.write_transforms(pipeline_record(recipe, mean=mean, std=std))
         mixup = None
@@ -396,13 +421,44 @@ class Trainer:
                          train_rows=loaders.train_rows, val_rows=loaders.val_rows, record=record, mixup=mixup,
                          ema=ema, validate_ema=validate_ema)
 
+    def _warn_few_batchnorm_updates(self, k: int, model: torch.nn.Module, batches: int, rows: int) -> None:
+        """Say once per run when BatchNorm gets two updates or fewer per epoch: its running statistics, which
+        validation uses, then hardly leave their initial values and the validation scores mean little."""
+        if self._warned_batchnorm or batches > 2 or not self.accelerator.is_main_process:
+            return
+        if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            return
+        self._warned_batchnorm = True
+        smaller = max(2, 2 ** int(math.log2(max(2, rows // 8))))
+        self.progress.log(f"warning: fold {k} trains {rows} rows in {batches} "
+                          f"batch(es) of at most {self.recipe.train.batch_size}: BatchNorm's running statistics, "
+                          f"which validation uses, move {batches} time(s) per epoch and validation scores mean "
+                          f"little — lower train.batch_size (e.g. {smaller})")
+
     # ------------------------------------------------------------------ saved state (resume)
     def _save_state(self, state: FoldState) -> None:
-        """Save Accelerate's state, the EMA weights, the fold's counters and the callbacks' state."""
+        """Save Accelerate's state, the EMA weights, the fold's counters and the callbacks' state.
+
+        It is written to a staging folder and swapped in whole, so a failure (or a kill) leaves the previous
+        epoch's state as it was.
+
+        Raises:
+            TrainingError: The state could not be written (a full disk, most often).
+        """
         accelerator, run = self.accelerator, self.folder
         tmp = run.staged_state_dir(state.fold, clear=accelerator.is_main_process)
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
+        try:
+            accelerator.save_state(str(tmp))
+        except Exception as exc:
+            # torch.save and safetensors raise their own types; their text may still say the disk is full.
+            found = no_room(exc)
+            if found is not None:
+                raise _no_room_error(run, found[0], found[1] or str(tmp)) from exc
+            raise TrainingError(f"could not save the training state of fold {state.fold} in {tmp}: "
+                                f"{type(exc).__name__}: {_first_line(exc)}",
+                                f"check the free space on that disk; `{resume_command(run)}` continues from the "
+                                "last saved epoch, whose state is intact") from exc
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             if state.ema is not None:
@@ -440,6 +496,53 @@ class Trainer:
 
 
 # --------------------------------------------------------------------------- helpers
+def resume_command(run: Run) -> str:
+    """The command that continues ``run``: ``--runs`` is named when the run is outside the default runs folder."""
+    command = f"clsctl train --resume {shlex.quote(run.id)}"
+    if run.path.parent.resolve() != default_runs_root().resolve():
+        command += f" --runs {shlex.quote(str(run.path.parent))}"
+    return command
+
+
+def _status(run: Run) -> RunStatus | None:
+    try:
+        return run.refresh().status
+    except (RunError, OSError):
+        return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def _no_room_error(run: Run, code: int, path: str | None) -> TrainingError:
+    """What a write that found no room means for the run, and what to do about it."""
+    resume = f"`{resume_command(run)}` continues from the last saved epoch (what was written before is intact)"
+    if code == errno.EFBIG:
+        what = f"the file size limit (ulimit -f) cut short the write of {path}" if path else \
+            "the file size limit (ulimit -f) cut short a write"
+        return TrainingError(what, f"raise it (`ulimit -f unlimited`), then {resume}")
+    what = "disk quota exceeded" if code == errno.EDQUOT else "disk full: no space left on device"
+    return TrainingError(f"{what}{f' writing {path}' if path else ''}",
+                         f"free space on the disk that holds {run.path.parent} (runs you no longer need; finished "
+                         f"folds keep folds/<k>/state/ only with train.keep_state = true), then {resume}")
+
+
+@contextlib.contextmanager
+def _no_room_explained(run: Run) -> Iterator[None]:
+    """Turn a write that found no room into a :class:`TrainingError` naming the file and what to free."""
+    try:
+        yield
+    except TrainingError:
+        raise
+    except Exception as exc:
+        found = no_room(exc)
+        if found is None:
+            raise
+        raise _no_room_error(run, *found) from exc
+
+
 def _seed_everything(seed: int, deterministic: bool) -> None:
     from accelerate.utils import set_seed
 
