@@ -31,8 +31,10 @@ def eda(
     distance: Annotated[int | None, typer.Option("--near-distance", metavar="BITS", help="Largest perceptual-hash "
                                                  "distance (of 64 bits) of a near duplicate [default: 6].",
                                                  show_default=False)] = None,
+    no_shortcuts: Annotated[bool, typer.Option("--no-shortcuts", help="Skip the shortcut audit (file properties "
+                                               "and names that predict the label).")] = False,
 ) -> None:
-    """Profile a dataset: classes, attributes, groups, sizes, colour, pixel stats, duplicates, outliers.
+    """Profile a dataset: classes, attributes, groups, sizes, colour, pixel stats, duplicates, outliers, shortcuts.
 
     Reads every image once on all cores and writes eda.json, eda.html (opens from disk), PNG plots and
     hashes.parquet (for `clsctl split --hashes`) into the output folder. Unreadable files are listed,
@@ -46,12 +48,33 @@ def eda(
     with progress_display() as progress:
         report, out_dir = eda_from_path(data, manifest=manifest, pattern=pattern, group=group, out=out,
                                         workers=workers, thumbs=thumbs, seed=seed, near_dup_distance=distance,
-                                        progress=progress)
+                                        progress=progress, shortcuts=not no_shortcuts)
     _print(report, out_dir)
 
 
 def _n(x: float | None) -> str:
     return "?" if x is None else (str(int(x)) if float(x).is_integer() else f"{x:g}")
+
+
+def _shortcut_rows(table: Any, section: dict[str, Any] | None) -> None:
+    from rich.markup import escape
+
+    if not section:
+        return
+    if section["skipped"]:
+        table.add_row("shortcuts", f"not audited ({escape(section['skipped'])})")
+        return
+    m = section["metadata_model"]
+    model = f"metadata model: balanced accuracy {m['balanced_accuracy']:.2f}, chance {m['chance']:.2f}"
+    findings = section["findings"]
+    if not findings:
+        table.add_row("shortcuts", f"none found ({model})")
+        return
+    table.add_row("shortcuts", f"[red]{len(findings)} feature(s) predict the label[/red] ({model})")
+    for f in findings[:3]:
+        table.add_row("  !", escape(f["summary"]))
+    if len(findings) > 3:
+        table.add_row("", f"… and {len(findings) - 3} more in eda.html")
 
 
 def _print(r: dict[str, Any], out_dir: Path) -> None:
@@ -93,6 +116,7 @@ def _print(r: dict[str, Any], out_dir: Path) -> None:
     o = r["outliers"]
     top = ", ".join(item["path"] for item in o["items"][:3])
     table.add_row("outliers", f"{o['count']} over {o['threshold']}" + (f"; top: {top}" if top else ""))
+    _shortcut_rows(table, r.get("shortcuts"))
     for u in r["unreadable"][:5]:
         table.add_row("  unreadable", f"{u['path']}: {u['reason']}")
     if len(r["unreadable"]) > 5:

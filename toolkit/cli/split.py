@@ -34,10 +34,12 @@ def split(
                                                 "hashes.parquet (or a pair table with columns a, b).",
                                                 show_default=False)] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when the audit finds any leakage.")] = False,
+    no_shortcuts: Annotated[bool, typer.Option("--no-shortcuts", help="Skip the per-fold shortcut audit (file "
+                                               "properties and names that predict the label; reads every header).")] = False,
     name: NameOpt = None,
     runs: RunsOpt = None,
 ) -> None:
-    """Assign folds (grouped, stratified, seeded), audit them for leakage, and record a `split` run.
+    """Assign folds (grouped, stratified, seeded), audit them for leakage and shortcuts, and record a `split` run.
 
     Example: clsctl split data/train.csv --folds 5 --group person_id --out folds.csv
     """
@@ -48,7 +50,7 @@ def split(
     try:
         result = make_split(source, root=root, label=label, folds=folds, group=group, stratify=strat,
                             holdout=holdout, seed=seed, out=out, dedup=dedup, hashes=hashes, strict=strict,
-                            name=name, runs=runs)
+                            name=name, runs=runs, shortcuts=not no_shortcuts)
     except LeakageError as exc:
         if exc.result is not None:
             _print(exc.result)  # the folds are recorded: show them above the error
@@ -58,6 +60,33 @@ def split(
 
 def _pct(share: float) -> str:
     return f"{100 * share:.1f}"
+
+
+def _folds_text(values: list[float | None]) -> str:
+    return " ".join("–" if v is None else f"{v:.2f}" for v in values)
+
+
+def _print_shortcuts(console: Any, section: dict[str, Any] | None) -> None:
+    """The top shortcut finding and the metadata model, fold by fold."""
+    if not section:
+        return
+    if section["skipped"]:
+        console.print(f"shortcuts: not audited ({section['skipped']})")
+        return
+    m = section["metadata_model"]
+    if m["fitted"]:
+        console.print(f"shortcuts: metadata model balanced accuracy per fold {_folds_text(m['per_fold'])} "
+                      f"(chance {m['chance']:.2f})")
+    else:
+        console.print(f"shortcuts: no metadata model ({m['note']})")
+    findings = section["findings"]
+    if not findings:
+        console.print("shortcuts: none found")
+        return
+    top = findings[0]
+    console.print(f"shortcuts: {len(findings)} feature(s) predict the label; strongest: {top['summary']}")
+    console.print(f"  strength per fold: {_folds_text(top['per_fold'])}")
+    console.print(f"  what to do: {top['lever']}")
 
 
 def _print(result: Any) -> None:
@@ -112,6 +141,7 @@ def _print(result: Any) -> None:
             console.print(f"  {pair['a']} (fold {pair['fold_a']}) ~ {pair['b']} (fold {pair['fold_b']}) "
                           f"[{pair['kind']}, distance {pair['distance']}]")
     console.print("audit: " + ("ok" if audit["ok"] else f"{audit['findings']} finding(s)"))
+    _print_shortcuts(console, result.shortcuts)
     for path in result.written:
         console.print(f"wrote {path}")
     console.print(f"run {result.run.id} (image root {result.manifest.attrs.get('root', '')})")

@@ -66,6 +66,7 @@ LIMITS: dict[str, Range] = {
     "model.drop_path_rate": _SHARE,
     "aug.crop_pct": Range(gt=0, le=1, example="0.875"),
     "aug.scale": Range(gt=0, le=1, length=2, example="[0.5, 1.0]"),
+    "aug.intermediate_size": Range(ge=8, example="64"),
     "aug.mixup_alpha": Range(ge=0),
     "aug.cutmix_alpha": Range(ge=0),
     "aug.mix_prob": Range(ge=0, le=1),

@@ -114,6 +114,11 @@ class AugConfig:
         "stretch", "how images reach `data.image_size`")
     crop_pct: float = _f(1.0, "eval: resize to size/crop_pct then center-crop (1.0 = no crop)")
     scale: list[float] = _f(lambda: [0.5, 1.0], "random_resized_crop area range", factory=True)
+    intermediate_size: int | None = _f(
+        None, "resize every image so its shorter side is this many px (area filter when shrinking) before the resize "
+        "to `data.image_size`, in training and prediction alike: native resolution and JPEG artefacts stop telling the "
+        "classes apart (size/format shortcuts `clsctl eda` reports); pick one at or below most images' shorter side; "
+        "unset = off")
     transforms: list[dict[str, Any]] = _f(list, "extra albumentations transforms by name, in order: `{ name = \"CLAHE\", p = 0.3 }`", factory=True)
     randaugment: str | None = _f(None, "timm RandAugment/AutoAugment string, e.g. `rand-m9-mstd0.5`")
     mixup_alpha: float = _f(0.0, "MixUp alpha (0 = off)")

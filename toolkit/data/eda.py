@@ -51,6 +51,11 @@ and ``file`` are None, or empty, until the report writes those files):
   ``file`` (the pair table).
 * ``outliers``: ``method``, ``features``, ``threshold``, ``count`` (images over the threshold),
   ``items`` (top 50: ``path``, ``label``, ``score``, ``reasons``), ``plot``.
+* ``shortcuts``: file properties and names that predict the label (:mod:`toolkit.data.shortcuts`):
+  ``findings`` (flagged features, strongest first, each with ``feature``, ``strength``, ``class``,
+  ``values``, ``summary``, ``lever``; empty when nothing is flagged), ``metadata_model``
+  (``balanced_accuracy``, ``chance``, ``accuracy``, ``majority_accuracy``...), ``features`` (every
+  feature tested), ``skipped`` (why it did not run: no labels, turned off) and the test's criteria.
 * ``timing``: ``seconds`` (the whole run; the report fills it in), ``pass_seconds``,
   ``images_per_second``.
 * ``files``: every file the report wrote in the folder (a rerun removes the stale ones).
@@ -72,6 +77,7 @@ import numpy as np
 
 from toolkit.data.eda_pass import STATS_MAX_SIDE, measure_images
 from toolkit.data.outliers import LAYOUT_FEATURES, OUTLIER_FEATURES, OUTLIER_THRESHOLD, outlier_scores
+from toolkit.data.shortcuts import audit_shortcuts, shortcuts_skipped
 from toolkit.errors import DataError, UsageError, is_missing
 from toolkit.imaging.duplicates import (
     DEFAULT_NEAR_DISTANCE,
@@ -99,8 +105,9 @@ class EdaMeasurement:
     Attributes:
         results: The content of ``eda.json`` (see the module docstring), file names still empty.
         root: The absolute image root.
-        images: The per-image table (``images.parquet``): size, format, mode, grayscale, channel
-            means and stds, the outlier features, score and reasons, unreadable reason.
+        images: The per-image table (``images.parquet``): size, format, mode, EXIF orientation tag
+            (0: none), grayscale, channel means and stds, the outlier features, score and reasons,
+            unreadable reason.
         hashes: The hash table (``hashes.parquet``) of :func:`toolkit.imaging.hashing.image_hashes`.
         pairs: The duplicate pairs (``duplicates.parquet``) with both images' labels and groups.
         attribute_values: Numeric attribute column → its values, for the histograms.
@@ -288,7 +295,7 @@ def _thumbnail_rows(labels: list[str], paths: list[str], thumbs: int, seed: int 
 def measure_dataset(manifest_df: pd.DataFrame, root: str | os.PathLike[str] | None = None, *,
                     workers: int | None = None, thumbs: int = 8, seed: int | None = None,
                     near_dup_distance: int = DEFAULT_NEAR_DISTANCE,
-                    progress: Callable[[int], None] | None = None) -> EdaMeasurement:
+                    progress: Callable[[int], None] | None = None, shortcuts: bool = True) -> EdaMeasurement:
     """Measure every image of a manifest: the one pass, then every table and figure of ``eda.json``.
 
     Args:
@@ -302,6 +309,7 @@ def measure_dataset(manifest_df: pd.DataFrame, root: str | os.PathLike[str] | No
             samples of large sets.
         near_dup_distance: Largest perceptual-hash distance (bits of 64) of a near duplicate.
         progress: Called with the number of images done as the pass goes.
+        shortcuts: Run the shortcut audit (:mod:`toolkit.data.shortcuts`).
 
     Returns:
         The :class:`EdaMeasurement`.
@@ -351,7 +359,7 @@ def measure_dataset(manifest_df: pd.DataFrame, root: str | os.PathLike[str] | No
     images = pd.DataFrame({"path": paths, "label": labels if label else None})
     if groups is not None:
         images["group"] = [None if is_missing(g) else str(g) for g in groups]
-    for k in ("ok", "reason", "bytes", "format", "mode", "frames", "width", "height", "grayscale"):
+    for k in ("ok", "reason", "bytes", "format", "mode", "frames", "width", "height", "exif_orientation", "grayscale"):
         images[k] = columns[k]
     n_pix = measured.n.astype(np.float64)
     s = measured.s.astype(np.float64)
@@ -375,6 +383,13 @@ def measure_dataset(manifest_df: pd.DataFrame, root: str | os.PathLike[str] | No
     score, reasons = outlier_scores(images, ok, seed)
     images["outlier_score"] = score
     images["outlier_reasons"] = reasons
+    if not shortcuts or not label:
+        shortcut_section = shortcuts_skipped("turned off" if not shortcuts else "no labels")
+    else:
+        # A label parsed out of the path (--pattern) is in the names by construction: they are not tested.
+        known = ok & (images["label"] != _key(None)).to_numpy(bool)  # an image without a label says nothing
+        shortcut_section = audit_shortcuts(images[known], group="group" if groups is not None else None,
+                                           names=manifest_df.attrs.get("source") != "pattern", seed=seed or 0)
 
     hashes = hashes_frame(paths, list(zip(columns["sha1"], columns["pixel_hash"], columns["phash"],
                                           columns["phash_flip"], strict=True)))
@@ -481,6 +496,7 @@ def measure_dataset(manifest_df: pd.DataFrame, root: str | os.PathLike[str] | No
                    "reasons": reasons[i]} for i in top],
         "plot": None,
     }
+    results["shortcuts"] = shortcut_section
     results["timing"] = {"seconds": None, "pass_seconds": _r(pass_seconds, 2),
                          "images_per_second": _r(len(df) / pass_seconds, 1) if pass_seconds > 0 else None}
     return EdaMeasurement(results=results, root=root_path, images=images, hashes=hashes, pairs=pairs,

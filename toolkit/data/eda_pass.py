@@ -38,7 +38,7 @@ from PIL import Image
 
 from toolkit.data.outliers import LAYOUT_FEATURES, layout_features
 from toolkit.errors import ImageError
-from toolkit.imaging.decode import load_image
+from toolkit.imaging.decode import exif_orientation, load_image
 from toolkit.imaging.hashing import Decoded, decode_data, plane_sums, preload_decoders, read_file
 from toolkit.imaging.phash import REDUCED_SIDE, layout_batch, reduce_image, stack_tiny, tiny_bytes
 from toolkit.imaging.pool import chunk_size, imap_ordered
@@ -52,7 +52,7 @@ STATS_MAX_SIDE = REDUCED_SIDE  # 256, as the perceptual hash: one reduction serv
 THUMB_SIDE = 96
 #: Per-image values of the pass, in the order :func:`analyze_chunk` returns them.
 ROW_KEYS = ("ok", "reason", "bytes", "format", "mode", "frames", "width", "height", "grayscale",
-            "sha1", "pixel_hash")
+            "sha1", "pixel_hash", "exif_orientation")
 
 
 def downscale_for_stats(image: Image.Image, max_side: int = STATS_MAX_SIDE) -> Image.Image:
@@ -123,10 +123,11 @@ def _analyze_file(path: str, want_thumb: bool) -> tuple[tuple[Any, ...], _Sums |
         None when not made (unreadable file, or no thumbnail wanted).
     """
     data = read_file(path)  # None: load_image below names the reason (missing, a folder, ...)
-    n_bytes = sha1 = header = decoded = None
+    n_bytes = sha1 = header = decoded = orientation = None
     if data:
         n_bytes = len(data)
         sha1 = hashlib.sha1(data, usedforsecurity=False).hexdigest()
+        orientation = exif_orientation(data)
         header, decoded = decode_data(data)
     if decoded is None:
         # The header from the bytes already in memory: a file whose header parses but whose
@@ -137,15 +138,15 @@ def _analyze_file(path: str, want_thumb: bool) -> tuple[tuple[Any, ...], _Sums |
             decoded = Decoded.from_image(load_image(path))
         except (ImageError, MemoryError) as e:
             reason = e.reason if isinstance(e, ImageError) else "out of memory while decoding"
-            return (False, reason, n_bytes, *(header or (None, None, None)), None, None, None, sha1, None), \
-                None, None, None
+            return (False, reason, n_bytes, *(header or (None, None, None)), None, None, None, sha1, None,
+                    orientation), None, None, None
     try:
         sums, tiny, thumb = _measure(decoded, want_thumb)
     except Exception as e:  # an image that decodes but breaks a measurement must not stop the run
         return (False, f"analysis failed: {type(e).__name__}: {e}", n_bytes, *(header or (None, None, None)),
-                None, None, None, sha1, None), None, None, None
+                None, None, None, sha1, None, orientation), None, None, None
     return (True, None, n_bytes, *(header or (None, None, None)), decoded.width, decoded.height, decoded.grey,
-            sha1, decoded.digest), sums, tiny, thumb
+            sha1, decoded.digest, orientation), sums, tiny, thumb
 
 
 def analyze_chunk(tasks: Sequence[tuple[str, bool]]) -> dict[str, Any]:

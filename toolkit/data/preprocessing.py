@@ -27,6 +27,7 @@ class Preprocessing:
         resize: ``stretch``, ``center_crop``, ``letterbox`` or ``random_resized_crop``.
         crop_pct: Share of the resized image kept by the center crop.
         scale: Area range of ``random_resized_crop`` in training.
+        intermediate_size: Shorter side every image is resized to first (None: no such step).
         mean, std: Per-channel normalization in 0..1 units.
         in_chans: Input channels of the model.
         cache: Whether images are read through the decoded cache.
@@ -38,6 +39,7 @@ class Preprocessing:
     resize: str = "stretch"
     crop_pct: float = 1.0
     scale: tuple[float, float] = (0.08, 1.0)
+    intermediate_size: int | None = None
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
     in_chans: int = 3
@@ -50,6 +52,7 @@ class Preprocessing:
         data, aug = recipe.data, recipe.aug
         return cls(image_size=int(data.image_size), eval_size=int(data.eval_size or data.image_size),
                    resize=aug.resize, crop_pct=float(aug.crop_pct), scale=(float(aug.scale[0]), float(aug.scale[1])),
+                   intermediate_size=None if aug.intermediate_size is None else int(aug.intermediate_size),
                    mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std),
                    in_chans=int(recipe.model.in_chans), cache=bool(data.cache), cache_dir=data.cache_dir)
 

@@ -1,8 +1,9 @@
 """The ``split`` run: read a source, assign folds, audit them for leakage, and record it all.
 
 The parts live in their own modules: :mod:`toolkit.data.folds` assigns the folds and reports their
-balance, :mod:`toolkit.data.leakage` audits them (groups or duplicate images across folds), and
-:func:`toolkit.data.sources.manifest_from_path` decides what the source is. :func:`make_split` runs
+balance, :mod:`toolkit.data.leakage` audits them (groups or duplicate images across folds),
+:mod:`toolkit.data.shortcuts` audits each fold for file properties and names that predict the label,
+and :func:`toolkit.data.sources.manifest_from_path` decides what the source is. :func:`make_split` runs
 them in order and writes the manifest with its ``fold`` column into a run folder of kind ``split``.
 """
 
@@ -19,6 +20,8 @@ import pandas as pd
 
 from toolkit.data.folds import FOLD_COLUMN, SplitWarning, assign_folds, fold_report
 from toolkit.data.leakage import LeakageError, audit_leakage, leakage_message, load_duplicate_pairs
+from toolkit.data.shortcut_features import file_properties
+from toolkit.data.shortcuts import audit_shortcuts, shortcuts_skipped
 from toolkit.data.sources import manifest_from_path
 from toolkit.errors import UsageError, examples
 from toolkit.store.tables import CSV_SUFFIXES, PARQUET_SUFFIXES, write_table
@@ -28,12 +31,16 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SplitResult",
+    "audit_split_shortcuts",
     "make_split",
     "read_source",
+    "shortcut_notes",
     "write_manifest",
 ]
 
 StrPath = str | os.PathLike[str]
+# A flagged shortcut whose per-fold strength spans this much is reported as uneven across folds.
+_UNEVEN_SHORTCUT = 0.3
 
 
 def write_manifest(df: pd.DataFrame, path: StrPath) -> Path:
@@ -92,6 +99,7 @@ def read_source(
 class SplitResult:
     """What :func:`make_split` did: the manifest, where it went, and what the checks found.
 
+    ``shortcuts`` is the shortcut audit over the split's folds (see :func:`audit_split_shortcuts`).
     """
 
     manifest: pd.DataFrame
@@ -100,6 +108,44 @@ class SplitResult:
     report: dict[str, Any]
     audit: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    shortcuts: dict[str, Any] | None = None
+
+
+def audit_split_shortcuts(df: pd.DataFrame, *, label: str | None, group: str | None,
+                          fold_col: str = FOLD_COLUMN) -> dict[str, Any]:
+    """The shortcut audit of :mod:`toolkit.data.shortcuts` over a split's own folds.
+
+    File properties come from the headers (:func:`toolkit.data.shortcut_features.file_properties`,
+    no pixel decoded), so grey-looking pixels are not tested here (``clsctl eda`` tests them). Each
+    finding's ``per_fold`` strength is its rule learned on the other folds and scored on that fold:
+    a shortcut only some folds hold makes their scores differ for a reason that is not the model.
+
+    Returns:
+        The ``shortcuts`` section (``skipped`` says why when there is no label).
+    """
+    if label is None or label not in df.columns:
+        return shortcuts_skipped("no label column")
+    root = df.attrs.get("root")
+    if root is None:
+        return shortcuts_skipped("the manifest does not say where its images are")
+    paths = df["path"].astype(str).tolist()
+    table = file_properties(paths, root)
+    table.insert(0, "path", paths)
+    table.insert(1, "label", df[label].to_numpy(object))
+    if group is not None:
+        table["group"] = df[group].to_numpy(object)
+    return audit_shortcuts(table, folds=df[fold_col].to_numpy(), group="group" if group is not None else None)
+
+
+def shortcut_notes(section: dict[str, Any]) -> list[str]:
+    """Warnings for the flagged shortcuts whose strength differs a lot between folds (a spread of 0.3 or more)."""
+    notes = []
+    for finding in section["findings"]:
+        low, high = finding["fold_range"]
+        if low is not None and high - low >= _UNEVEN_SHORTCUT:
+            notes.append(f"the shortcut '{finding['label']}' is uneven across folds (strength {low:.2f}–{high:.2f}): "
+                         "fold scores will differ with it, not with the model")
+    return notes
 
 
 def make_split(
@@ -118,14 +164,16 @@ def make_split(
     strict: bool = False,
     name: str | None = None,
     runs: StrPath | None = None,
+    shortcuts: bool = True,
 ) -> SplitResult:
     """Read a source, assign folds, audit them, and record it all as a run of kind ``split``.
 
     The run folder gets ``manifest.csv`` (the source's columns plus ``fold``), run.json the
     parameters (under ``params``) and the image ``root``, and ``summary.json`` the fold report
-    (``report``), the audit (``audit``) and the warnings. With ``strict`` and any finding the
-    run is marked failed and a :class:`~toolkit.data.leakage.LeakageError` raised; its ``result``
-    is the :class:`SplitResult`, so the caller can still show the folds.
+    (``report``), the audit (``audit``), the shortcut audit per fold (``shortcuts``) and the
+    warnings. With ``strict`` and any leakage the run is marked failed and a
+    :class:`~toolkit.data.leakage.LeakageError` raised (shortcuts only warn); its ``result`` is
+    the :class:`SplitResult`, so the caller can still show the folds.
 
     Args:
         source: ImageFolder directory or CSV/Parquet manifest.
@@ -142,6 +190,8 @@ def make_split(
         strict: Treat any audit finding as a failure.
         name: Run name.
         runs: Runs folder.
+        shortcuts: Audit the folds for file properties and names that predict the label (reads every
+            file's header).
 
     Returns:
         The :class:`SplitResult`.
@@ -182,11 +232,14 @@ def make_split(
 
     report = fold_report(df, label=label_col, group=group)
     audit = audit_leakage(df, group=group, duplicate_pairs=pairs)
+    shortcut_section = (audit_split_shortcuts(df, label=label_col, group=group) if shortcuts
+                        else shortcuts_skipped("turned off"))
+    notes += shortcut_notes(shortcut_section)
     image_root = str(df.attrs.get("root", ""))
     params = {"source": str(Path(source).absolute()), "root": image_root, "label": label, "folds": folds,
               "group": group, "stratify": strat_cols or None, "holdout": holdout, "seed": seed,
               "dedup": dedup, "hashes": str(hashes) if hashes is not None else None, "strict": strict,
-              "out": str(out) if out is not None else None}
+              "out": str(out) if out is not None else None, "shortcuts": shortcuts}
     if holdout is not None:
         params["holdout_folds"] = fold.attrs.get("holdout_folds")
     run = RunStore(runs).create("split", name=name, seed=seed,
@@ -198,13 +251,13 @@ def make_split(
         written.append(run.write_manifest(df))
         if out is not None:
             written.append(write_manifest(df, out))
-        run.update_summary(report=report, audit=audit, warnings=notes,
+        run.update_summary(report=report, audit=audit, shortcuts=shortcut_section, warnings=notes,
                            manifest=[str(p) for p in written])
         if strict and not audit["ok"]:
             failure = leakage_message(audit)
             run.fail(failure)
     result = SplitResult(manifest=df, run=run, written=written, report=report, audit=audit,
-                         warnings=notes)
+                         warnings=notes, shortcuts=shortcut_section)
     if failure is not None:
         raise LeakageError(failure, "use --group on the column that ties images together, or remove the duplicates "
                            "(clsctl eda lists them); run without --strict to keep this split anyway", result)

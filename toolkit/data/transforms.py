@@ -204,6 +204,22 @@ def _timm_auto_augment(spec: str, size: int, mean: Sequence[float]) -> Any:
 
 
 def _resize_steps(prep: Preprocessing, size: int, train: bool) -> list[Any]:
+    """The record's resize to ``size``, after its fixed intermediate size when it has one."""
+    import albumentations as A
+
+    if not prep.intermediate_size:
+        return _final_resize(prep, size, train)
+    if prep.intermediate_size < 1:
+        raise RecipeError(f"aug.intermediate_size must be a positive number of pixels, not {prep.intermediate_size}",
+                          "e.g. aug.intermediate_size = 64, at or below most images' shorter side")
+    # Every image passes through the same shorter side, so its native resolution (and the JPEG blocks an
+    # area filter averages away when shrinking) no longer tells its source. Bilinear when enlarging: the
+    # area filter enlarges by repeating pixels, blocks only small images would show.
+    through = A.SmallestMaxSize(max_size=int(prep.intermediate_size), interpolation=1, area_for_downscale="image")
+    return [through, *_final_resize(prep, size, train)]
+
+
+def _final_resize(prep: Preprocessing, size: int, train: bool) -> list[Any]:
     import albumentations as A
 
     if prep.resize == "random_resized_crop":

@@ -36,6 +36,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -50,6 +51,7 @@ __all__ = [
     "load_image",
     "decode_plain",
     "decode_plain_native",
+    "exif_orientation",
     "load_image_array",
     "read_image_header",
     "scan_images",
@@ -306,6 +308,55 @@ def decode_plain_native(data: bytes) -> tuple[str, np.ndarray] | None:
     if decoded is None or decoded.ndim != (2 if channels == 1 else 3):
         return None
     return ("PNG" if data.startswith(_PNG_SIGNATURE) else "JPEG"), decoded
+
+
+# Where a file's EXIF block (a TIFF structure) is found: JPEG's APP1 after "Exif\0\0"; PNG's eXIf chunk
+# and WebP's EXIF chunk right after their type (WebP after a 4-byte length); a TIFF file is one itself.
+_EXIF_SEARCH = 1 << 16  # a JPEG's APP1 segment comes first and is at most 64 KiB long
+
+
+def exif_orientation(data: bytes) -> int:
+    """The EXIF orientation tag (1..8) of an image file in memory, or 0 when it has none.
+
+    A byte search and a walk of the first IFD only, no image decoded: cheap enough for every file
+    of a per-image pass. :func:`load_image` applies the rotation the tag asks for.
+    """
+    if data.startswith(b"\xff\xd8"):
+        start = data.find(b"Exif\x00\x00", 2, _EXIF_SEARCH)
+        start = start + 6 if start >= 0 else -1
+    elif data.startswith(_PNG_SIGNATURE):
+        start = data.find(b"eXIf", 8)
+        start = start + 4 if start >= 0 else -1
+    elif data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+        start = data.find(b"EXIF", 12)
+        start = start + 8 if start >= 0 else -1
+    elif data[:4] in (b"II*\x00", b"MM\x00*"):
+        start = 0
+    else:
+        return 0
+    if start < 0:
+        return 0
+    return _tiff_orientation(data, start)
+
+
+def _tiff_orientation(data: bytes, start: int) -> int:
+    """Tag 0x0112 of the first IFD of the TIFF structure at ``start``; 0 when absent or malformed."""
+    order = data[start:start + 2]
+    if order not in (b"II", b"MM"):
+        return 0
+    endian: Literal["little", "big"] = "little" if order == b"II" else "big"
+    if int.from_bytes(data[start + 2:start + 4], endian) != 42:
+        return 0
+    ifd = start + int.from_bytes(data[start + 4:start + 8], endian)
+    entries = int.from_bytes(data[ifd:ifd + 2], endian)
+    for k in range(min(entries, 512)):
+        entry = ifd + 2 + 12 * k
+        if entry + 12 > len(data):
+            return 0
+        if int.from_bytes(data[entry:entry + 2], endian) == 0x0112:
+            value = int.from_bytes(data[entry + 8:entry + 10], endian)
+            return value if 1 <= value <= 8 else 0
+    return 0
 
 
 def read_image_header(path: str | os.PathLike[str]) -> ImageHeader:

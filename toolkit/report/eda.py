@@ -11,8 +11,8 @@ then writes into one folder:
 * ``hashes.parquet``: per image ``path, sha1, pixel_hash, phash, phash_flip`` (see
   :mod:`toolkit.imaging.hashing`), what ``clsctl split --hashes`` reads.
 * ``duplicates.parquet``: the duplicate pairs (``a, b, kind, distance``) with both labels/groups.
-* ``images.parquet``: the per-image table (size, format, mode, grayscale, channel means, the
-  outlier features and score, unreadable reason).
+* ``images.parquet``: the per-image table (size, format, mode, EXIF orientation tag, grayscale,
+  channel means, the outlier features and score, unreadable reason).
 
 A rerun into the same folder replaces these files and removes the ones the previous run listed
 but this one did not write (a class that is gone, thumbnails no longer asked for).
@@ -114,7 +114,7 @@ def _thumbnail(path: Path) -> Image.Image | None:
 def run_eda(manifest_df: pd.DataFrame, root: str | os.PathLike[str] | None = None,
             out_dir: str | os.PathLike[str] = "eda", *, workers: int | None = None, thumbs: int = 8,
             seed: int | None = None, near_dup_distance: int = DEFAULT_NEAR_DISTANCE,
-            progress: Progress | bool | None = None) -> dict[str, Any]:
+            progress: Progress | bool | None = None, shortcuts: bool = True) -> dict[str, Any]:
     """Analyse every image of a manifest and write the EDA folder.
 
     Args:
@@ -128,6 +128,7 @@ def run_eda(manifest_df: pd.DataFrame, root: str | os.PathLike[str] | None = Non
             shows a sample drawn with that seed.
         near_dup_distance: Largest perceptual-hash distance (bits of 64) of a near duplicate.
         progress: Where progress goes (the CLI's display; True: plain lines; None/False: nothing).
+        shortcuts: Run the shortcut audit (:mod:`toolkit.data.shortcuts`).
 
     Returns:
         The content of ``eda.json`` (see :mod:`toolkit.data.eda` for its keys).
@@ -144,7 +145,8 @@ def run_eda(manifest_df: pd.DataFrame, root: str | os.PathLike[str] | None = Non
     task = as_progress(progress).task("eda", len(manifest_df))
     try:
         measured = measure_dataset(manifest_df, root, workers=workers, thumbs=thumbs, seed=seed,
-                                   near_dup_distance=near_dup_distance, progress=task.advance)
+                                   near_dup_distance=near_dup_distance, progress=task.advance,
+                                   shortcuts=shortcuts)
     finally:
         task.close()
     return _write(measured, files)
@@ -223,8 +225,8 @@ def _write(measured: EdaMeasurement, files: PageFiles) -> dict[str, Any]:
 def eda_from_path(data: str | os.PathLike[str], *, manifest: str | os.PathLike[str] | None = None,
                   pattern: str | None = None, group: str | None = None, out: str | os.PathLike[str] | None = None,
                   workers: int | None = None, thumbs: int = 8, seed: int | None = None,
-                  near_dup_distance: int | None = None,
-                  progress: Progress | bool | None = None) -> tuple[dict[str, Any], Path]:
+                  near_dup_distance: int | None = None, progress: Progress | bool | None = None,
+                  shortcuts: bool = True) -> tuple[dict[str, Any], Path]:
     """``clsctl eda``: find out what a path holds, measure every image and write the EDA folder.
 
     Args:
@@ -240,6 +242,7 @@ def eda_from_path(data: str | os.PathLike[str], *, manifest: str | os.PathLike[s
         seed: Show a seeded sample of each class instead of its first images.
         near_dup_distance: Largest perceptual-hash distance of a near duplicate; None = the default.
         progress: Where progress goes (see :func:`run_eda`).
+        shortcuts: Run the shortcut audit.
 
     Returns:
         ``(eda.json content, the folder written)``.
@@ -253,5 +256,6 @@ def eda_from_path(data: str | os.PathLike[str], *, manifest: str | os.PathLike[s
     df = manifest_from_path(data, manifest=manifest, pattern=pattern, group=group)
     out_dir = Path(out) if out is not None else default_out_dir(data, _listed_root(df, None))
     report = run_eda(df, None, out_dir, workers=workers, thumbs=thumbs, seed=seed, progress=progress,
-                     near_dup_distance=DEFAULT_NEAR_DISTANCE if near_dup_distance is None else near_dup_distance)
+                     near_dup_distance=DEFAULT_NEAR_DISTANCE if near_dup_distance is None else near_dup_distance,
+                     shortcuts=shortcuts)
     return report, out_dir

@@ -25,7 +25,7 @@ _TEMPLATE = r"""{% extends "page.html" %}
 <a href="images.parquet">images.parquet</a>.</p>
 <nav><a href="#overview">overview</a><a href="#targets">classes</a>{% if r.attributes %}<a href="#attributes">attributes</a>{% endif %}
 {% if r.groups %}<a href="#groups">groups</a>{% endif %}<a href="#images">images</a><a href="#stats">stats</a>
-<a href="#thumbs">thumbnails</a><a href="#outliers">outliers</a><a href="#duplicates">duplicates</a>
+<a href="#shortcuts">shortcuts</a><a href="#thumbs">thumbnails</a><a href="#outliers">outliers</a><a href="#duplicates">duplicates</a>
 <a href="#unreadable">unreadable</a></nav>
 
 <h2 id="overview">Overview</h2>
@@ -43,6 +43,8 @@ _TEMPLATE = r"""{% extends "page.html" %}
 <tr><th>duplicate pairs</th><td>exact {{ r.duplicates.pairs.exact }}, pixel-equal {{ r.duplicates.pairs.pixel }},
  near {{ r.duplicates.pairs.near }}, mirrored {{ r.duplicates.pairs.near_flip }} (in {{ r.duplicates.groups }} groups)</td></tr>
 <tr><th>outliers (score &gt; {{ r.outliers.threshold }})</th><td class="n">{{ r.outliers.count }}</td></tr>
+{% set sc = r.get("shortcuts") %}{% if sc and not sc.skipped %}
+<tr><th>shortcuts (metadata that predicts the label)</th><td class="{% if sc.findings %}warn{% endif %}">{% if sc.findings %}{{ sc.findings|length }}: {{ sc.findings[0].label }} (strength {{ "%.2f"|format(sc.findings[0].strength) }}){% else %}none found{% endif %}</td></tr>{% endif %}
 </table>
 
 <h2 id="targets">Classes and categorical columns</h2>
@@ -90,6 +92,32 @@ in 0..1 units. Use them with <code>[data] normalize = "dataset"</code> and <code
 <tr><th>mean</th>{% for v in r.stats.mean or [] %}<td class="n">{{ "%.4f"|format(v) }}</td>{% endfor %}</tr>
 <tr><th>std</th>{% for v in r.stats.std or [] %}<td class="n">{{ "%.4f"|format(v) }}</td>{% endfor %}</tr></table>
 <img src="{{ r.brightness.plot }}" alt="brightness"> <img src="{{ r.channel_plot }}" alt="channel means">
+
+<h2 id="shortcuts">Shortcuts: file properties and names that predict the label</h2>
+{% if not sc or sc.skipped %}<p class="note">Not audited{% if sc %}: {{ sc.skipped }}{% endif %}.</p>
+{% else %}
+<p class="note">A model learns whatever separates the classes most cheaply: a format, a size, a colour mode that
+came with one class's source reaches it through the pixels, and a test set from elsewhere lacks it. Each feature's
+strength is the out-of-fold true-positive minus false-positive rate of the rule "call an image class c when its
+value is more common in c" (0: no better than chance, 1: the feature alone singles c out), over
+{{ sc.folds }} {{ sc.fold_source }} folds of {{ sc.images }} images{% if sc.grouped %} (groups kept whole, and counted
+as the independent units){% endif %}. Flagged: strength at least {{ sc.criteria.min_strength }} and a z-score over
+{{ sc.criteria.z }} (a {{ pct(sc.criteria.alpha) }} chance of any false alarm over {{ sc.criteria.tests }} tests).
+Name features (file names, folders) are not seen by the model; they say the classes were named or collected apart.
+{% if not sc.names_tested %}Names were not tested: the label is parsed from them.{% endif %}</p>
+{% if sc.findings %}
+<p class="warn">{{ sc.findings|length }} feature(s) predict the label well beyond chance, strongest first:</p>
+{{ table(["feature", "kind", "strength", "what", "per fold", "what to do"], finding_rows(sc.findings), numeric=[2]) }}
+{% else %}<p>No file property or name predicts the label beyond chance.</p>{% endif %}
+{% set m = sc.metadata_model %}
+<p>Metadata model ({{ m.model }}; features: {{ m.features|join(", ") or "none varies" }}; {{ m.rows }} images):
+balanced accuracy {{ "%.3f"|format(m.balanced_accuracy) }} against chance {{ "%.3f"|format(m.chance) }};
+accuracy {{ "%.3f"|format(m.accuracy) }} against the majority rule's {{ "%.3f"|format(m.majority_accuracy) }}.
+{% if m.get("note") %}{{ m.note|capitalize }}.{% endif %}</p>
+<h3>Every feature tested</h3>
+{{ table(["feature", "kind", "best class", "strength", "z", "flagged"], feature_rows(sc.features[:25]), numeric=[3, 4]) }}
+{% if sc.features|length > 25 %}<p class="note">… and {{ sc.features|length - 25 }} more in eda.json.</p>{% endif %}
+{% endif %}
 
 <h2 id="thumbs">Thumbnails</h2>
 <p class="note">{% if r.settings.seed is none %}The first {{ r.settings.thumbs }} images of each class, by path.{% else %}{{ r.settings.thumbs }} images of each class drawn with seed {{ r.settings.seed }}.{% endif %}</p>
@@ -157,6 +185,16 @@ def _group_rows(groups: Iterable[Mapping[str, Any]]) -> list[list[Any]]:
             for g in groups]
 
 
+def _finding_rows(findings: Iterable[Mapping[str, Any]]) -> list[list[Any]]:
+    return [[f["label"], f["kind"], f"{f['strength']:.2f}", f["summary"],
+             " ".join("–" if v is None else f"{v:.2f}" for v in f["per_fold"]), f["lever"]] for f in findings]
+
+
+def _feature_rows(features: Iterable[Mapping[str, Any]]) -> list[list[Any]]:
+    return [[f["feature"], f["kind"], f["class"], f"{f['strength']:.2f}", f"{f['z']:.1f}", "yes" if f["flagged"] else ""]
+            for f in features]
+
+
 def _unreadable_rows(items: Iterable[Mapping[str, Any]]) -> list[list[Any]]:
     return [[u["path"], u["reason"]] for u in items]
 
@@ -172,5 +210,6 @@ def render_eda_html(report: dict[str, Any]) -> str:
     """
     env = environment()
     env.globals.update(fmt3=_fmt3, pair_table=_pair_table, grayscale_rows=_grayscale_rows,
-                       outlier_rows=_outlier_rows, group_rows=_group_rows, unreadable_rows=_unreadable_rows)
+                       outlier_rows=_outlier_rows, group_rows=_group_rows, unreadable_rows=_unreadable_rows,
+                       finding_rows=_finding_rows, feature_rows=_feature_rows)
     return render_page(_TEMPLATE, env, r=report)
