@@ -2,8 +2,9 @@
 
 False alarms: :func:`random_table` draws formats, modes, sizes, orientation tags, file names and
 groups independently of the label, over set sizes 60-400, 2-6 classes, skewed shares, grouped or
-not. Measured on the reference machine: 0 false alarms in 2000 seeds (the slow test; the largest
-z-score 3.3 against bars of 3.3-4.0), and 0 in the 200 seeds of the default test.
+not. Measured: 0 false alarms in 2000 seeds (the slow test; 1995 audited, 5 had fewer than two
+classes of two images; the largest z-score 3.38, the 99th percentile 2.57, against bars of
+3.33-3.75), and 0 in the 200 seeds of the default test.
 """
 
 from __future__ import annotations
