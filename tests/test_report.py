@@ -320,7 +320,8 @@ def test_damaged_folders_killed_runs_and_eda_globs(runs, tmp_path, capsys):
     (eda_dir / "eda.json").write_text(json.dumps({
         "images": {"total": 10, "readable": 10, "unreadable": 0}, "label_column": "label",
         "targets": {"label": {"a": 5, "b": 5}},
-        "duplicates": {"pairs": {"exact": 2, "near": 3}, "label_conflicts": {"count": 1, "items": [["x", "y"]]}}}))
+        "duplicates": {"pairs": {"exact": 2, "near": 3}, "label_conflicts": {"count": 1, "items": [["x", "y"]]}},
+        "shortcuts": {"findings": [{"feature": "format", "strength": 1.0}], "metadata_model": {}}}))
     report = build_report([str(root / "*"), str(tmp_path / "eda" / "*")], runs_root=root, resamples=50)
     by_id = {e.id: e for e in report.entries}
     assert by_id[broken.name].status == "unreadable"
@@ -335,6 +336,7 @@ def test_damaged_folders_killed_runs_and_eda_globs(runs, tmp_path, capsys):
 
     assert dict(headline(by_id["train"]))["duplicate pairs"] == "5"
     assert dict(headline(by_id["train"]))["label conflicts"] == "1"
+    assert dict(headline(by_id["train"]))["shortcuts"] == "1 flagged; strongest: format (strength 1)"
     out = tmp_path / "r.html"
     assert cli(["report", str(root / "*"), str(tmp_path / "eda" / "*"), "--runs", str(root), "--out", str(out),
                 "--resamples", "50"]) == 0

@@ -265,6 +265,11 @@ def headline(entry: Entry) -> list[tuple[str, str]]:
                                    f"{applied.get('rows_before')} → {applied.get('rows_after')} rows"))
     else:
         out += [(str(k), _number(v)) for k, v in s.items() if isinstance(v, int | float | str)][:8]
+    if entry.kind in ("eda", "split") and isinstance(s.get("shortcuts"), Mapping):
+        findings = [f for f in s["shortcuts"].get("findings") or [] if isinstance(f, Mapping)]
+        out.append(("shortcuts", "none flagged" if not findings else
+                    f"{len(findings)} flagged; strongest: {findings[0].get('feature')} "
+                    f"(strength {_number(findings[0].get('strength'))})"))
     return [(k, v) for k, v in out if v not in ("None", "")]
 
 
