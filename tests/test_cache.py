@@ -145,8 +145,11 @@ def test_warm_stays_in_process_for_few_images_or_one_core(tmp_path):
     from toolkit.imaging.cache import warm_cache
 
     paths = [_png(tmp_path / f"{i}.png", 20, 20, seed=i) for i in range(10)]
-    cache = DecodedImageCache(tmp_path / "cache", short_side=24)
-    assert warm_cache(cache, paths, processes=2).decoded == 0  # fewer than min_missing: the epoch decodes them
-    assert warm_cache(cache, paths, processes=1, min_missing=1).decoded == 0
-    result = warm_cache(cache, paths, processes=2, min_missing=1, chunk=4)
+    # Fewer than min_missing, or one process: decoded here, no pool (every bad file is still found before training).
+    few = warm_cache(DecodedImageCache(tmp_path / "few", short_side=24), paths, processes=2)
+    assert (few.decoded, few.processes) == (10, 0)
+    one = warm_cache(DecodedImageCache(tmp_path / "one", short_side=24), paths, processes=1, min_missing=1)
+    assert (one.decoded, one.processes) == (10, 0)
+    result = warm_cache(DecodedImageCache(tmp_path / "cache", short_side=24), paths, processes=2, min_missing=1,
+                        chunk=4)
     assert (result.decoded, result.processes) == (10, 2)

@@ -159,7 +159,8 @@ def load_duplicate_pairs(
         A pair table with columns ``a``, ``b``, ``kind``, ``distance``.
 
     Raises:
-        DataError: The file is missing or has neither layout.
+        DataError: The file is missing or has neither layout; a hash table without a hash for some image
+            of the manifest, or a pair table none of whose pairs names one (the audit would check nothing).
         UsageError: Hashes must be computed but the manifest does not say where its images are.
     """
     if hashes is not None:
@@ -172,7 +173,9 @@ def load_duplicate_pairs(
         table = read_table(path, text_columns=("path", "a", "b"), what="duplicate table",
                            hint="check that it is a valid CSV or Parquet file")
         if {"a", "b"} <= set(table.columns):
+            _check_pairs_name_the_manifest(df, table, path)
             return table
+        _check_hashes_cover_the_manifest(df, table, path)
         return duplicates.duplicate_pairs(table)
     root = df.attrs.get("root")
     if root is None:
@@ -180,6 +183,46 @@ def load_duplicate_pairs(
                          "build it with toolkit.data.sources.manifest_from_path")
     table = hashing.image_hashes(df["path"].astype(str).tolist(), root, workers=workers)
     return duplicates.duplicate_pairs(table)
+
+
+def _check_hashes_cover_the_manifest(df: pd.DataFrame, table: pd.DataFrame, path: Path) -> None:
+    """Refuse a hash table that lacks images of the manifest: the audit would call them clean unchecked.
+
+    An eda run hashes every file of its data set, the unreadable ones too, so an image without a hash
+    means the table is of another data set (or another root), or older than the data.
+    """
+    if "path" not in table.columns:
+        raise DataError(f"duplicate table {path} has neither a `path` column (hashes) nor `a` and `b` (pairs) "
+                        f"(columns: {columns_text(table)})",
+                        "pass the folder of an eda run, its hashes.parquet, or a pair table with columns a, b")
+    paths = df["path"].astype(str).tolist()
+    resolver = _path_resolver(paths)
+    hashed = {_lookup(resolver, p) for p in table["path"].tolist()}
+    lacking = [p for p in paths if p not in hashed]
+    if not lacking:
+        return
+    fix = "run `clsctl eda` on this data and pass that run, or use --dedup to hash the images now"
+    if len(lacking) == len(paths):
+        theirs = [str(p) for p in table["path"].head(2).tolist()]
+        raise DataError(f"--hashes {path} covers none of the manifest's {len(paths)} image(s) (it hashes "
+                        f"{len(table)} other file(s), e.g. {examples(theirs)}; the manifest has "
+                        f"{examples(paths[:2])}): nothing would be checked", fix)
+    raise DataError(f"--hashes {path} covers {len(paths) - len(lacking)} of the manifest's {len(paths)} image(s); "
+                    f"{len(lacking)} have no hash ({examples(lacking, 5)}), so their duplicates would go unchecked",
+                    fix)
+
+
+def _check_pairs_name_the_manifest(df: pd.DataFrame, pairs: pd.DataFrame, path: Path) -> None:
+    """Refuse a pair table none of whose pairs is of the manifest's images (one of another data set)."""
+    if pairs.empty:
+        return  # no duplicates known: nothing to check, and nothing to tell the data set from
+    resolver = _path_resolver(df["path"].astype(str).tolist())
+    if any(_lookup(resolver, a) is not None or _lookup(resolver, b) is not None
+           for a, b in zip(pairs["a"].tolist(), pairs["b"].tolist(), strict=True)):
+        return
+    raise DataError(f"--hashes {path}: none of its {len(pairs)} duplicate pair(s) names an image of the manifest "
+                    f"(e.g. {pairs['a'].iloc[0]}): nothing would be checked",
+                    "pass the pairs (or the eda run) of this data set, or use --dedup to find them now")
 
 
 def leakage_message(audit: dict[str, Any]) -> str:

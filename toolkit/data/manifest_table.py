@@ -119,9 +119,9 @@ def manifest_from_table(
         The manifest with ``attrs["root"]`` and ``attrs["source"] == "table"``.
 
     Raises:
-        DataError: Unsupported suffix, unreadable file, missing columns, empty labels, empty
-            paths, paths escaping the root (also through a symlink), missing files or duplicate
-            paths.
+        DataError: Unsupported suffix, unreadable file (empty, not UTF-8), missing columns, no
+            rows, empty labels, empty paths, paths escaping the root (also through a symlink),
+            missing files or duplicate paths.
     """
     table_path = absolute_root(path)
     root_path = absolute_root(root) if root is not None else table_path.parent
@@ -134,6 +134,9 @@ def manifest_from_table(
     if require_label and label_column not in df.columns:
         raise DataError(f"manifest {table_path} has no label column {label_column!r} (columns: {', '.join(columns)})",
                         "set data.label_column to the column that holds the class, or derive it in [targets]")
+    if df.empty:
+        raise DataError(f"manifest {table_path} has a header row but no image rows",
+                        "add one row per image under the header")
     if path_column != "path":
         if "path" in df.columns:
             raise DataError(f"manifest {table_path} has both {path_column!r} and 'path' columns",

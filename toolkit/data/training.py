@@ -6,12 +6,13 @@ heavy library loads.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from toolkit.config.schema import DataConfig, Recipe
-from toolkit.errors import DataError, RecipeError, UsageError
+from toolkit.errors import DataError, RecipeError, UsageError, examples
 from toolkit.store.tables import RESERVED_COLUMNS
 
 if TYPE_CHECKING:
@@ -43,6 +44,16 @@ class TrainingData:
         import numpy as np
 
         return sorted(int(f) for f in np.unique(self.folds) if f >= 0)
+
+    def without(self, rows: Sequence[int]) -> TrainingData:
+        """The same data less ``rows`` (positions); classes stay as they were, folds keep their numbers."""
+        import numpy as np
+
+        keep = np.ones(len(self.df), dtype=bool)
+        keep[np.asarray(rows, dtype=np.int64)] = False
+        return TrainingData(df=self.df[keep].reset_index(drop=True), root=self.root, heads=self.heads,
+                            classes=self.classes, targets=self.targets[keep], folds=self.folds[keep],
+                            ids=[i for i, k in zip(self.ids, keep, strict=True) if k])
 
     def class_counts(self, rows: np.ndarray, head: int = 0) -> list[int]:
         """Members of each class of ``head`` among ``rows``."""
@@ -88,6 +99,9 @@ def check_data_source(data: DataConfig) -> None:
 def load_training_data(recipe: Recipe) -> TrainingData:
     """Read the recipe's data source, derive targets, and assign folds.
 
+    No image is opened here: the trainer checks every one before training (see
+    :func:`toolkit.imaging.cache.check_images`) and fails or skips them as ``data.on_bad_image`` says.
+
     Raises:
         RecipeError: The recipe names no labeled data.
         DataError: missing columns, empty classes, unusable folds.
@@ -111,7 +125,6 @@ def load_training_data(recipe: Recipe) -> TrainingData:
         if len(names) < 2:
             raise DataError(f"target `{h}` has {len(names)} class(es): {names}", "classification needs at least two classes")
     targets = np.stack([encode_labels(df, h, classes[h]) for h in heads], axis=1).astype(np.int64)
-    _check_images(df, root)
     folds = _folds(df, recipe, heads[0])
     df = df.reset_index(drop=True)
     data = TrainingData(df=df, root=root, heads=heads, classes=classes, targets=targets, folds=folds, ids=row_ids(df))
@@ -120,26 +133,51 @@ def load_training_data(recipe: Recipe) -> TrainingData:
     return data
 
 
-def _check_images(df: pd.DataFrame, root: Path) -> None:
-    """List every unreadable image before training starts, instead of failing at the first mid-epoch.
-
-    A header read catches missing, empty and non-image files cheaply; truncated pixel data still
-    surfaces (naming the file) when it is decoded.
-    """
-    from toolkit.imaging.decode import scan_images
-
-    bad = scan_images([str(root / p) for p in df["path"]], full_decode=False)
-    if bad:
-        raise bad_images_error(bad, root, "unreadable")
-
-
 def bad_images_error(bad: list[tuple[str, str]], root: Path, what: str) -> DataError:
     """One error line naming the first ten ``(path, reason)`` pairs (paths relative to ``root``)."""
-    shown = "; ".join(f"{Path(p).relative_to(root) if Path(p).is_relative_to(root) else p}: {why}"
-                      for p, why in bad[:10])
+    shown = "; ".join(f"{_relative(p, root)}: {why}" for p, why in bad[:10])
     more = f" (and {len(bad) - 10} more)" if len(bad) > 10 else ""
     return DataError(f"{len(bad)} {what} image(s): {shown}{more}",
-                     "remove or replace them (or drop their rows from the manifest); `clsctl eda` lists them all")
+                     "remove or replace them, or drop their rows from the manifest (`clsctl eda` lists them all); "
+                     "data.on_bad_image = \"skip\" trains without them")
+
+
+def _relative(path: str, root: Path) -> str:
+    return Path(path).relative_to(root).as_posix() if Path(path).is_relative_to(root) else path
+
+
+def skip_bad_images(data: TrainingData, bad: list[tuple[str, str]], folds: Sequence[int]
+                    ) -> tuple[TrainingData, list[dict[str, str]]]:
+    """``data`` without the rows of the unreadable images ``bad`` (``data.on_bad_image = "skip"``).
+
+    Rows are dropped after the folds were assigned, so every other image keeps the fold it would have
+    had with the bad ones repaired.
+
+    Returns:
+        The data left, and ``{"path", "reason"}`` per dropped row (paths as in the manifest), for ``run.json``.
+
+    Raises:
+        DataError: What is left has a class without an image, or a fold in ``folds`` without a validation row.
+    """
+    import numpy as np
+
+    reasons = {_relative(p, data.root): why for p, why in bad}
+    paths = data.df["path"].astype(str).tolist()
+    rows = [i for i, p in enumerate(paths) if p in reasons]
+    left = data.without(rows)
+    for h_i, head in enumerate(data.heads):
+        size = len(data.classes[head])
+        before = np.bincount(data.targets[:, h_i], minlength=size)
+        after = np.bincount(left.targets[:, h_i], minlength=size)
+        empty = [c for c, b, a in zip(data.classes[head], before, after, strict=True) if b and not a]
+        if empty:
+            raise DataError(f"skipping {len(rows)} unreadable image(s) leaves class(es) {examples(empty)} of "
+                            f"`{head}` without an image", "replace the unreadable images, or drop the class")
+    gone = [k for k in folds if not (left.folds == k).any()]
+    if gone:
+        raise DataError(f"skipping {len(rows)} unreadable image(s) leaves fold(s) {gone} without a validation image",
+                        "replace the unreadable images")
+    return left, [{"path": paths[i], "reason": reasons[paths[i]]} for i in rows]
 
 
 def parse_fold_selection(spec: str | None, available: list[int]) -> list[int]:

@@ -2,12 +2,13 @@
 
 Big source images (400–800 px sketches, phone photos of faces) cost one decode and one downscale
 instead of one per epoch. Entries are ``.npy`` arrays, downscaled (never upscaled, aspect kept) so
-their shorter side is the largest the recipe needs, and keyed by the source file's resolved path,
-size and modification time together with that side: editing or replacing a file invalidates its entry
-without any bookkeeping. Concurrent writers (DataLoader workers, DDP ranks, parallel runs) are safe:
+their shorter side is the largest the recipe needs, and keyed by the source file's resolved path and
+:func:`file_identity` (size, modification and change times, inode) together with that side: editing or
+replacing a file invalidates its entry without any bookkeeping, even when its size and modification
+time were put back. Concurrent writers (DataLoader workers, DDP ranks, parallel runs) are safe:
 each entry is written to a temporary file and moved into place. Entries read once are also kept in
 memory, up to ``data.cache_ram_mb`` per process, so later epochs skip even the file read (a changed
-file is still noticed: the in-memory copy is checked against the file's size and modification time).
+file is still noticed: the in-memory copy is checked against the file's identity).
 
 Training and prediction read images through the same :func:`image_loader`, so the pixels a model
 is evaluated on come from exactly the same decode and downscale it was trained on.
@@ -27,6 +28,18 @@ import numpy as np
 from toolkit.imaging.decode import load_image_array
 
 
+def file_identity(st: os.stat_result) -> str:
+    """What tells one version of a file from another at the same path, from its ``os.stat``.
+
+    Size and modification time alone miss a same-size replacement whose modification time was put
+    back (``cp -p``, ``rsync -t``, a tar extraction, ``os.utime``), and would serve the old file's
+    pixels. The change time (ctime) cannot be set by anyone: every write, replacement and ``utime``
+    moves it; a replacement by rename also brings a new inode. A ``chmod`` or ``chown`` moves it too,
+    which costs one decode, never a wrong image.
+    """
+    return f"{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_ino}"
+
+
 def default_cache_root() -> Path:
     """``$CLSCTL_CACHE/decoded`` (default ``~/.cache/clsctl/decoded``)."""
     base = os.environ.get("CLSCTL_CACHE") or Path.home() / ".cache" / "clsctl"
@@ -42,17 +55,17 @@ class DecodedImageCache:
         self.short_side = short_side
         self.hits = 0
         self.misses = 0
-        # In-process tier: arrays already read, by (path, size, mtime) so an edited file still misses.
+        # In-process tier: arrays already read, by path and file identity so an edited file still misses.
         self.ram_budget = int(ram_mb * 2**20)
         self.ram_bytes = 0
-        self._ram: dict[str, tuple[int, int, np.ndarray]] = {}
+        self._ram: dict[str, tuple[str, np.ndarray]] = {}
 
     def entry(self, path: str | os.PathLike[str]) -> Path:
         """Where the cached array of ``path`` lives; changes whenever the file does."""
         return self._entry(os.path.realpath(path), os.stat(path))
 
     def _entry(self, real: str, st: os.stat_result) -> Path:
-        key = hashlib.blake2b(f"{real}\0{st.st_size}\0{st.st_mtime_ns}".encode(), digest_size=16).hexdigest()
+        key = hashlib.blake2b(f"{real}\0{file_identity(st)}".encode(), digest_size=16).hexdigest()
         return self.root / key[:2] / f"{key}.npy"
 
     def has(self, path: str | os.PathLike[str]) -> bool:
@@ -87,9 +100,9 @@ class DecodedImageCache:
         except OSError:
             return load_image_array(name)  # raises the loader's own ImageError (missing, unreadable)
         held = self._ram.get(name)
-        if held is not None and held[0] == st.st_size and held[1] == st.st_mtime_ns:
+        if held is not None and held[0] == file_identity(st):
             self.hits += 1
-            return held[2]
+            return held[1]
         entry = self._entry(os.path.realpath(name), st)
         try:
             array = np.load(entry, allow_pickle=False)
@@ -115,10 +128,10 @@ class DecodedImageCache:
     def _keep(self, name: str, st: os.stat_result, array: np.ndarray) -> None:
         old = self._ram.pop(name, None)
         if old is not None:
-            self.ram_bytes -= old[2].nbytes
+            self.ram_bytes -= old[1].nbytes
         if self.ram_bytes + array.nbytes <= self.ram_budget:
             array.flags.writeable = False  # one copy serves every epoch; a transform must not edit it
-            self._ram[name] = (st.st_size, st.st_mtime_ns, array)
+            self._ram[name] = (file_identity(st), array)
             self.ram_bytes += array.nbytes
 
     __call__ = load
@@ -126,7 +139,8 @@ class DecodedImageCache:
 
 @dataclass
 class WarmResult:
-    """What :func:`warm_cache` did: images decoded into the cache, seconds, processes, undecodable files."""
+    """What :func:`warm_cache` or :func:`check_images` did: images decoded (into the cache), images it already
+    held, seconds, processes of the pool (0: none was started), and the unreadable files with the reason."""
 
     decoded: int = 0
     already: int = 0
@@ -154,9 +168,10 @@ def warm_cache(cache: DecodedImageCache, paths: Sequence[str], processes: int, *
 
     Training calls this before its first epoch: the decodes then run on every core side by side,
     instead of inside the first epoch, where one loader worker decodes while the model's threads
-    wait for it. Nothing is done for fewer than ``min_missing`` missing images or a single process
-    (the epoch would decode them just as fast). Undecodable files are collected, not raised.
-    ``on_start(missing, processes)`` is called once the pool is about to start (to tell the user).
+    wait for it. Fewer than ``min_missing`` missing images, or a single process, are decoded here in
+    this process (a pool would not be faster; the epoch then finds them in the cache), so every file
+    that cannot be decoded is found before training either way. Undecodable files are collected, not
+    raised. ``on_start(missing, processes)`` is called once a pool is about to start (to tell the user).
     """
     import time
     from concurrent.futures import ProcessPoolExecutor
@@ -167,6 +182,7 @@ def warm_cache(cache: DecodedImageCache, paths: Sequence[str], processes: int, *
     result = WarmResult(already=len(unique) - len(missing))
     processes = min(int(processes), math.ceil(len(missing) / chunk))
     if processes < 2 or len(missing) < min_missing:
+        result.decoded, result.errors = _warm_chunk(str(cache.base), cache.short_side, missing)
         result.seconds = time.perf_counter() - t0
         return result
     import multiprocessing
@@ -182,6 +198,37 @@ def warm_cache(cache: DecodedImageCache, paths: Sequence[str], processes: int, *
             result.decoded += decoded
             result.errors += errors
     result.processes = processes
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def check_images(paths: Sequence[str], loader: Callable[[str], np.ndarray], processes: int, *,
+                 on_start: Callable[[int, int], None] | None = None) -> WarmResult:
+    """Find every file of ``paths`` that cannot be decoded, reading each one at most once more than a pass would.
+
+    Headers first, on threads (missing, empty and non-image files cost a stat and a few bytes); then
+    the pixels of every other file. Through the decoded cache when ``loader`` is one
+    (:func:`warm_cache`: the images it holds were decoded before, the rest are decoded into it, so the
+    pass that follows finds them there); otherwise every file is decoded once on threads, which is the
+    price of naming every bad file before the pass instead of the first one during it.
+
+    Returns:
+        What was done; ``errors`` lists every unreadable file with its reason, in the order of ``paths``.
+    """
+    import time
+
+    from toolkit.imaging.decode import scan_images
+
+    t0 = time.perf_counter()
+    unique = list(dict.fromkeys(os.fspath(p) for p in paths))
+    bad = dict(scan_images(unique, workers=processes, full_decode=False))
+    readable = [p for p in unique if p not in bad]
+    if isinstance(loader, DecodedImageCache):
+        result = warm_cache(loader, readable, processes, on_start=on_start)
+    else:
+        result = WarmResult(errors=scan_images(readable, workers=processes, full_decode=True))
+    bad.update(result.errors)
+    result.errors = [(p, bad[p]) for p in unique if p in bad]
     result.seconds = time.perf_counter() - t0
     return result
 

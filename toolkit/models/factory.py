@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import difflib
 import os
-import socket
+import threading
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -50,7 +52,8 @@ class MultiHeadModel(nn.Module):
         return list(torch.split(logits, self.head_sizes, dim=1))
 
 
-def _hub_host(name: str) -> tuple[str, int] | None:
+def _weights_url(name: str) -> str | None:
+    """The URL timm would fetch ``name``'s pretrained weights from first; None when it cannot be told."""
     import timm
 
     try:
@@ -59,34 +62,68 @@ def _hub_host(name: str) -> tuple[str, int] | None:
         return None
     if cfg is None:
         return None
-    if getattr(cfg, "hf_hub_id", None):
-        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-        parsed = urlparse(endpoint)
-        return parsed.hostname or "huggingface.co", parsed.port or 443
-    url = getattr(cfg, "url", None)
-    if url:
-        parsed = urlparse(url)
-        return parsed.hostname or "", parsed.port or 443
-    return None
+    repo = getattr(cfg, "hf_hub_id", None)
+    if repo:
+        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+        repo, _, revision = repo.partition("@")
+        filename = getattr(cfg, "hf_hub_filename", None) or "model.safetensors"
+        return f"{endpoint}/{repo}/resolve/{revision or 'main'}/{filename}"
+    return getattr(cfg, "url", None) or None
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is already an answer; following it to a CDN would only test the CDN."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def _ask(url: str, timeout: float) -> BaseException | None:
+    """None when the server at ``url`` answers a HEAD request (below HTTP 500), else what went wrong."""
+    opener = urllib.request.build_opener(_NoRedirect)  # keeps the proxy settings of the environment
+    outcome: list[BaseException | None] = [TimeoutError(f"no answer within {timeout:g} s")]
+
+    def probe() -> None:
+        try:
+            opener.open(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+            outcome[0] = None
+        except urllib.error.HTTPError as exc:
+            # The hub answered: a redirect (to the CDN that serves the file), or a 404 that makes timm try its
+            # next file name. A 5xx or a proxy asking for credentials means nothing will be downloaded.
+            failed = exc.code >= 500 or exc.code == 407
+            outcome[0] = ConnectionError(f"HTTP {exc.code} {exc.reason}") if failed else None
+        except urllib.error.URLError as exc:  # refused, unknown host, TLS
+            outcome[0] = exc.reason if isinstance(exc.reason, BaseException) else exc
+        except (OSError, ValueError) as exc:  # a socket timeout, a malformed HF_ENDPOINT
+            outcome[0] = exc
+
+    # A thread bounds the whole probe: the socket timeout does not cover a name lookup that hangs.
+    thread = threading.Thread(target=probe, name="hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return outcome[0]
 
 
 def check_hub_reachable(name: str, timeout: float = 3.0) -> None:
     """Raise a clear error if ``name``'s pretrained weights cannot be downloaded right now.
 
+    The server is asked for the weights file itself (HEAD, through any configured proxy) and must answer
+    within ``timeout`` seconds: a network that takes the connection and then says nothing (a dead proxy,
+    a captive portal, a firewall) would otherwise keep the hub client retrying for minutes.
     With ``HF_HUB_OFFLINE`` set, hub downloads are off; weights already in the local cache still load,
-    so that case is left to timm, which then fails at once rather than after retries.
+    so that case is left to :func:`toolkit.train.validate.check_pretrained`.
     """
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in _TRUE:
         return
-    host = _hub_host(name)
-    if host is None:
+    url = _weights_url(name)
+    if url is None:
         return
-    try:
-        with socket.create_connection(host, timeout=timeout):
-            pass
-    except OSError as exc:
+    problem = _ask(url, timeout)
+    if problem is not None:
+        host = urlparse(url).hostname or url
+        why = " ".join(str(problem).split()) or problem.__class__.__name__
         raise ToolkitError(
-            f"pretrained weights for `{name}` need {host[0]}, which cannot be reached ({exc.__class__.__name__})",
+            f"pretrained weights for `{name}` cannot be downloaded from {host} ({why})",
             "set model.pretrained_file = \"path/to/weights.safetensors\", or model.pretrained = false, "
             "or set HF_HUB_OFFLINE=1 to use weights already in the local cache") from None
 

@@ -7,12 +7,15 @@ of an ImageFolder that are not classes of the run are predicted but not scored, 
 cannot know). A manifest is a CSV/Parquet file with a path column, relative to ``root`` (default: its
 folder); it is labeled when it holds the run's target columns with known class names. Rows whose label
 is empty are predicted and left out of the score; a label the run does not know is an error.
+:func:`check_input_images` decodes every image before any model runs: unreadable ones are all named at
+once, or left out with ``data.on_bad_image = "skip"``.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -36,6 +39,7 @@ class PredictionInput:
         unscored: why rows with an index of -1 are not scored: ``unlabeled`` (an empty label) and
             ``unknown_class`` (an ImageFolder subfolder that is not a class of the run) → row count.
         notes: warnings for the user, one line each.
+        skipped: rows left out as unreadable (``data.on_bad_image = "skip"``): ``{"id", "path", "reason"}``.
     """
 
     df: pd.DataFrame
@@ -45,6 +49,8 @@ class PredictionInput:
     targets: dict[str, np.ndarray]
     unscored: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    unscored_rows: dict[str, np.ndarray] = field(default_factory=dict)  # reason → rows, the counts' source
 
     @property
     def labeled(self) -> bool:
@@ -104,8 +110,8 @@ def _empty(values: pd.Series) -> np.ndarray:
 
 
 def _row_labels(df: pd.DataFrame, recipe: Recipe, heads: list[str], classes: dict[str, list[str]], where: str,
-                strict: bool, skip: np.ndarray) -> tuple[dict[str, np.ndarray], int]:
-    """Class indices per head, -1 in rows not scored (``skip``, or an empty label); and how many were empty.
+                strict: bool, skip: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Class indices per head, -1 in rows not scored (``skip``, or an empty label); and which rows were empty.
 
     Only rows with every label filled in are derived and checked: a test manifest often has the label
     column of its training manifest with most cells blank, and a blank is not a class name.
@@ -113,24 +119,25 @@ def _row_labels(df: pd.DataFrame, recipe: Recipe, heads: list[str], classes: dic
     from toolkit.data.targets import apply_targets
 
     sources = sorted(set().union(*(_source_columns(recipe.targets, h) for h in heads)) & set(df.columns))
+    none = np.zeros(len(df), dtype=bool)
     if not sources:
-        return {}, 0
+        return {}, none
     empty = np.any([_empty(df[c]) for c in sources], axis=0) & ~skip
     keep = ~empty & ~skip
     if not keep.any():
-        return {}, int(empty.sum())
+        return {}, empty
     try:
         derived = apply_targets(df[keep], recipe.targets, require_label=False)
     except DataError:
         derived = df[keep]  # columns that look like targets but do not derive cleanly: predict without scoring
     found = _labels(derived, heads, classes, where, strict)
     if not found:
-        return {}, 0
+        return {}, none
     out = {}
     for h, index in found.items():
         out[h] = np.full(len(df), -1, dtype=np.int64)
         out[h][keep] = index
-    return out, int(empty.sum())
+    return out, empty
 
 
 def _image_folder_with_unknown_classes(path: Path, df: pd.DataFrame, recipe: Recipe, known: list[str]
@@ -200,7 +207,7 @@ def read_input(data: str | Path, recipe: Recipe, heads: list[str], classes: dict
         raise DataError(f"no images to predict in {path}", "check the folder or the manifest")
     df = df.reset_index(drop=True)
     targets, empty = _row_labels(df, recipe, heads, classes, str(path), strict=source != "folder", skip=skip)
-    unscored = {"unlabeled": empty, "unknown_class": int(skip.sum())} if targets else {}
+    unscored = {"unlabeled": empty, "unknown_class": skip} if targets else {}
     ids = row_ids(df, stems=True)
     df = df.drop(columns=["id"]) if "id" in df.columns else df
     df.insert(0, "id", ids)
@@ -208,4 +215,60 @@ def read_input(data: str | Path, recipe: Recipe, heads: list[str], classes: dict
         dup = df.loc[df["id"].duplicated(), "id"].astype(str).tolist()
         raise DataError(f"{path}: duplicate ids {examples(dup)}", "give every image a unique id column")
     return PredictionInput(df=df, root=root_path, name=name, source=source, targets=targets,
-                           unscored={k: v for k, v in unscored.items() if v}, notes=notes)
+                           unscored={k: int(v.sum()) for k, v in unscored.items() if v.any()}, notes=notes,
+                           unscored_rows={k: v for k, v in unscored.items() if v.any()})
+
+
+def check_input_images(inputs: PredictionInput, loader: Callable[[str], np.ndarray], on_bad_image: str,
+                       sample: pd.DataFrame | None = None) -> PredictionInput:
+    """Decode every image once before predicting (into the decoded cache the models read through, when
+    ``loader`` is one): fail naming every unreadable one, or leave their rows out (``on_bad_image = "skip"``).
+
+    A skipped image gets no prediction and no submission row, and a warning says so: clsctl never makes
+    up an answer for an image it could not read, and a made-up row would be submitted without anyone
+    noticing. A sample submission that lists a skipped image is therefore refused, naming it.
+
+    Raises:
+        DataError: Unreadable images with ``on_bad_image = "fail"``; with ``skip``, none left to predict, or
+            a sample submission that lists a skipped image.
+    """
+    from toolkit.imaging.cache import check_images
+    from toolkit.runtime import cores
+
+    paths = inputs.paths
+    bad = check_images(paths, loader, cores()).errors
+    if not bad:
+        return inputs
+    reasons = dict(bad)
+    rows = np.array([p in reasons for p in paths], dtype=bool)
+    listed = [f"{rel}: {reasons[full]}" for rel, full in zip(inputs.df["path"], paths, strict=True) if full in reasons]
+    if on_bad_image != "skip":
+        raise DataError(f"{len(listed)} unreadable image(s): {'; '.join(listed[:10])}"
+                        f"{f' (and {len(listed) - 10} more)' if len(listed) > 10 else ''}",
+                        "remove or replace them, or leave them out of the folder or manifest; a run trained with "
+                        "data.on_bad_image = \"skip\" leaves them out of its predictions")
+    if rows.all():
+        raise DataError(f"none of the {len(paths)} image(s) to predict can be read: {'; '.join(listed[:3])}",
+                        "check the folder or the manifest")
+    skipped = [{"id": str(i), "path": str(p), "reason": reasons[str(inputs.root / p)]}
+               for i, p in zip(inputs.df["id"][rows], inputs.df["path"][rows], strict=True)]
+    if sample is not None:
+        from toolkit.predict.submission import sample_ids_among
+
+        asked = sample_ids_among(sample, inputs.df["id"].astype(str).tolist(), inputs.df["path"].astype(str).tolist(),
+                                 np.flatnonzero(rows).tolist())
+        if asked:
+            raise DataError(f"the sample submission lists {len(asked)} image(s) that cannot be read: {examples(asked)}",
+                            "a submission answers every id: replace those images, or predict without "
+                            "--sample-submission and fill the rows yourself")
+    keep = ~rows
+    targets = {h: t[keep] for h, t in inputs.targets.items()}
+    unscored_rows = {k: m[keep] for k, m in inputs.unscored_rows.items()}
+    if targets and not np.all([t >= 0 for t in targets.values()], axis=0).any():
+        targets, unscored_rows = {}, {}  # the unreadable images were the only labelled ones: nothing to score
+    note = (f"skipped {len(skipped)} unreadable image(s) (data.on_bad_image = \"skip\"); they are not in the "
+            f"predictions or the submission: {examples(listed)}")
+    return replace(inputs, df=inputs.df[keep].reset_index(drop=True), targets=targets,
+                   unscored={k: int(m.sum()) for k, m in unscored_rows.items() if m.any()},
+                   unscored_rows={k: m for k, m in unscored_rows.items() if m.any()},
+                   notes=[*inputs.notes, note], skipped=skipped)

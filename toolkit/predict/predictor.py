@@ -29,7 +29,7 @@ from toolkit.errors import DataError, RunError, UsageError, examples
 from toolkit.metrics import classification_metrics, is_better, metric_direction, multihead_metrics
 from toolkit.models.checkpoint import FoldModel, load_fold_model
 from toolkit.predict.engine import Inference, check_input_sizes, combine_views, fold_status, select_folds
-from toolkit.predict.inputs import PredictionInput, read_input
+from toolkit.predict.inputs import PredictionInput, check_input_images, read_input
 from toolkit.predict.tta import AUTO_POLICIES, build_views, parse_tta, spec_slug, view_sizes
 from toolkit.progress import Progress
 from toolkit.store import Run, RunStore, slugify
@@ -292,6 +292,11 @@ def predict(run, data: str | Path, *, tta: str | Sequence[str] | None = None, fo
         from toolkit.predict.submission import read_sample
 
         sample = read_sample(sample_submission)
+    from toolkit.data.preprocessing import make_image_loader
+
+    # Every image decoded once before any model runs (into the cache the models then read): all the
+    # unreadable ones are named at once, or left out with data.on_bad_image = "skip".
+    inputs = check_input_images(inputs, make_image_loader(recipe, ram_mb=0), recipe.data.on_bad_image, sample)
 
     models = [load_fold_model(run, k) for k in selected]
     engine = Inference(accelerator, batch_size=batch_size or recipe.train.batch_size * 2, workers=workers,
@@ -361,5 +366,7 @@ def _write(result: PredictResult, submission: pd.DataFrame, inputs: PredictionIn
         "tta_auto": result.tta_auto["chosen"] if result.tta_auto else None,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
     }
+    if inputs.skipped:
+        info["skipped"] = inputs.skipped  # unreadable images left out (data.on_bad_image = "skip")
     frame = probability_frame(result.ids, result.paths, result.probs, result.classes)
     result.files = result.run.write_predictions(result.name, frame, submission, info, tta=result.tta_auto)

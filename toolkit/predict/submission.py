@@ -47,6 +47,19 @@ def _match_keys(ids: Sequence[str], paths: Sequence[str] | None) -> dict[str, li
     return {k: v for k, v in keys.items() if len(set(v)) == len(v)}
 
 
+def sample_ids_among(sample: pd.DataFrame, ids: Sequence[str], paths: Sequence[str] | None,
+                     rows: Sequence[int]) -> list[str]:
+    """The sample's ids that name the images at ``rows`` of ``ids``/``paths``, matched on the key (id, file
+    name, path or stem) that :func:`align_to_sample` would match the whole set on; in the sample's order."""
+    wanted = sample[sample.columns[0]].astype(str).tolist()
+    keys = _match_keys(ids, paths)
+    if not keys:
+        return []
+    best = max(keys.values(), key=lambda values: len(set(wanted).intersection(values)))
+    named = {best[i] for i in rows}
+    return [i for i in wanted if i in named]
+
+
 def align_to_sample(sample: pd.DataFrame, ids: Sequence[str], paths: Sequence[str] | None,
                     where: str = "sample submission") -> np.ndarray:
     """Row of the predictions for each sample row, in the sample's order.

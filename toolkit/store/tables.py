@@ -82,7 +82,8 @@ def read_table(path: StrPath, *, text_columns: Sequence[str] = (), first_column_
         hint: How the error says to fix it.
 
     Raises:
-        DataError: Missing file, unknown suffix, or a file pandas cannot parse.
+        DataError: Missing file, unknown suffix, a CSV that is empty or not UTF-8 text (each named as
+            such), or a file pandas cannot parse.
     """
     import pandas as pd
 
@@ -90,6 +91,8 @@ def read_table(path: StrPath, *, text_columns: Sequence[str] = (), first_column_
     if not target.is_file():
         raise DataError(f"{what} {target} does not exist", hint)
     kind = fmt or table_format(target)
+    if kind == "csv":
+        _check_csv_text(target, what)
     try:
         if kind == "parquet":
             return pd.read_parquet(target)
@@ -101,9 +104,48 @@ def read_table(path: StrPath, *, text_columns: Sequence[str] = (), first_column_
             if len(header.columns):
                 dtype[header.columns[0]] = str
         return pd.read_csv(target, dtype=dtype or None, keep_default_na=keep_default_na)
-    except (ValueError, OSError, IndexError, UnicodeDecodeError, pd.errors.ParserError) as exc:
-        # pyarrow's ArrowInvalid and pandas' EmptyDataError are ValueErrors.
-        raise DataError(f"cannot read {what} {target}: {exc}", hint) from None
+    except UnicodeDecodeError:
+        raise _not_utf8(target, what) from None
+    except (ValueError, OSError, IndexError, pd.errors.ParserError) as exc:
+        # pyarrow's ArrowInvalid and pandas' EmptyDataError are ValueErrors. The C parser's messages
+        # end in a newline, and the CLI promises one line.
+        raise DataError(f"cannot read {what} {target}: {' '.join(str(exc).split())}", hint) from None
+
+
+_TEXT_HINT = "save it as UTF-8 text (Excel: 'CSV UTF-8'; or `iconv -f {encoding} -t UTF-8 FILE > NEW.csv`)"
+_WIDE_BOMS = ((b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe\x00\x00", "UTF-32"), (b"\xff\xfe", "UTF-16"),
+              (b"\xfe\xff", "UTF-16"))
+
+
+def _check_csv_text(target: Path, what: str) -> None:
+    """Refuse, naming the cause, a CSV that pandas would misread or fail on with a codec message.
+
+    Only the first 4 KiB are read: enough for a byte-order mark, the NUL bytes of UTF-16 text or of a
+    binary file, and emptiness.
+    """
+    with open(target, "rb") as fh:
+        head = fh.read(4096)
+    for bom, encoding in _WIDE_BOMS:
+        if head.startswith(bom):
+            raise DataError(f"{what} {target} is {encoding} text, not UTF-8", _TEXT_HINT.format(encoding=encoding))
+    if b"\x00" in head:
+        raise DataError(f"{what} {target} is not a text CSV (it holds NUL bytes: a binary file, or UTF-16 "
+                        "without a byte-order mark)", _TEXT_HINT.format(encoding="UTF-16"))
+    if not head.lstrip(b"\xef\xbb\xbf").strip():
+        raise DataError(f"{what} {target} is empty", "a CSV starts with a header row naming its columns")
+
+
+def _not_utf8(target: Path, what: str) -> DataError:
+    """Where the first byte that is not UTF-8 is (pandas' offset is into one of its read buffers)."""
+    data = target.read_bytes()
+    try:
+        data.decode("utf-8")
+        where = ""
+    except UnicodeDecodeError as first:
+        line = data.count(b"\n", 0, first.start) + 1
+        where = f" (line {line} holds byte 0x{data[first.start]:02x})"
+    return DataError(f"{what} {target} is not UTF-8 text{where}: Latin-1 or Windows-1252, perhaps",
+                     _TEXT_HINT.format(encoding="LATIN1"))
 
 
 def probability_frame(ids: Sequence[Any], paths: Sequence[Any] | None, probs: Mapping[str, np.ndarray],

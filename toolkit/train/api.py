@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from toolkit.config.schema import Recipe
 from toolkit.errors import RunError, UsageError
 from toolkit.progress import Progress
-from toolkit.train.validate import check_recipe
+from toolkit.train.validate import check_pretrained, check_recipe
 
 if TYPE_CHECKING:
     from toolkit.store import Run
@@ -44,6 +44,9 @@ def train(recipe: Recipe, *, runs_root: str | Path | None = None, name: str | No
         TrainingError: Training cannot go on (e.g. a non-finite loss).
     """
     check_recipe(recipe)
+    # Before the trainer's imports (Accelerate, the augmentation and optimizer registries): weights that
+    # cannot be had, with no network, fail after timm alone has loaded.
+    check_pretrained(recipe.model)
     if resume is not None:
         _check_resumable(resume, runs_root, progress)
     from toolkit.train.trainer import Trainer

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from toolkit.config.schema import Recipe, recipe_to_dict
-from toolkit.data.training import bad_images_error, load_training_data, parse_fold_selection
+from toolkit.data.training import bad_images_error, load_training_data, parse_fold_selection, skip_bad_images
 from toolkit.errors import RunError, TrainingError, UsageError
 from toolkit.metrics import is_better
 from toolkit.progress import NullProgress, Progress, as_progress
@@ -80,6 +80,7 @@ class Trainer:
         self.callbacks: list[Callback] = []
         self.progress: Progress = NullProgress()
         self._warned_batchnorm = False
+        self.bad_images: list[dict[str, str]] | None = None  # rows skipped as unreadable (on_bad_image = "skip")
 
     def call(self, hook: str, **kwargs: Any) -> None:
         """Call ``hook`` on every callback, in order, with the trainer and ``kwargs``."""
@@ -114,7 +115,7 @@ class Trainer:
             self.folds = self._fold_selection(resumed)
             # Before a new run's folder exists, or a resumed run is marked running: an undecodable image
             # then leaves no run behind, and a Ctrl-C leaves a resumed run as it was (interrupted).
-            warmed = self._warm_cache()
+            warmed = self._check_images()
             self.folder = run = self._open_run(resumed, held)
             self.callbacks = [*default_callbacks(recipe, self.progress, self.folds), *self.extra_callbacks]
             try:
@@ -223,6 +224,8 @@ class Trainer:
                 run.remove_stale_temp_files()  # what a kill -9 in the middle of a write left
             if warmed is not None:
                 run.update_info(cache_warm=warmed)
+            if self.bad_images is not None:
+                run.update_info(bad_images={"skipped": len(self.bad_images), "files": self.bad_images})
             run.write_classes(data.heads, data.classes)
             manifest = data.df.copy()
             manifest["fold"] = data.folds
@@ -230,22 +233,22 @@ class Trainer:
         if recipe.train.log_with:
             accelerator.init_trackers(run.id, config=_flat_config(recipe_to_dict(recipe)))
 
-    def _warm_cache(self) -> dict[str, Any] | None:
-        """Decode every image missing from the decoded cache on all of this process's cores, before epoch 1.
+    def _check_images(self) -> dict[str, Any] | None:
+        """Decode every image once before epoch 1: find every unreadable one, and fill the decoded cache.
 
-        Each process takes its share of the files. Files that cannot be decoded stop the run here, all of
-        them named, instead of at the first batch that holds one.
+        Each process takes its share of the files, and decodes on all of its cores at once what the cache
+        lacks (:func:`~toolkit.imaging.cache.check_images`). Unreadable files stop the run here, all of them
+        named, instead of at the first batch that holds one; with ``data.on_bad_image = "skip"`` their rows
+        are dropped instead (``self.bad_images``, recorded in ``run.json``).
 
         Returns:
             What was done, for ``run.json`` (``cache_warm``); None when the recipe reads no decoded cache.
         """
         from toolkit.data.preprocessing import make_image_loader
-        from toolkit.imaging.cache import DecodedImageCache, warm_cache
+        from toolkit.imaging.cache import DecodedImageCache, check_images
 
         accelerator, data, progress = self.accelerator, self.data, self.progress
-        cache = make_image_loader(self.recipe, ram_mb=0)  # the loader needs sizes only, not mean/std
-        if not isinstance(cache, DecodedImageCache):
-            return None
+        loader = make_image_loader(self.recipe, ram_mb=0)  # the loader needs sizes only, not mean/std
         paths = [str(data.root / p) for p in data.df["path"]]
         rank, world = accelerator.process_index, accelerator.num_processes
 
@@ -254,18 +257,28 @@ class Trainer:
             progress.log(f"decoded cache: decoding {missing} image(s) on {processes} processes{share} "
                          "before the first epoch…")
 
-        result = warm_cache(cache, paths[rank::world], cores() // max(1, world), on_start=started)
+        result = check_images(paths[rank::world], loader, cores() // max(1, world), on_start=started)
         errors = result.errors
         if world > 1:
             from accelerate.utils import gather_object
 
-            errors = gather_object(errors)
-        if errors:
-            raise bad_images_error(errors, data.root, "undecodable")
+            found = dict(gather_object(errors))  # rank by rank: back into manifest order below
+            errors = [(p, found[p]) for p in paths if p in found]
+        if errors and self.recipe.data.on_bad_image == "fail":
+            raise bad_images_error(errors, data.root, "unreadable")
+        if self.recipe.data.on_bad_image == "skip":
+            self.bad_images = []
+            if errors:
+                self.data, self.bad_images = skip_bad_images(data, errors, self.folds)
+                listed = "; ".join(f"{b['path']}: {b['reason']}" for b in self.bad_images[:3])
+                progress.log(f"skipped {len(errors)} unreadable image(s) (data.on_bad_image = \"skip\"; "
+                             f"listed in run.json): {listed}{' …' if len(errors) > 3 else ''}")
         if result.decoded:
             progress.log(f"decoded cache: {result.decoded} image(s) decoded in {result.seconds:.1f} s "
                          f"({result.already} already cached)")
         accelerator.wait_for_everyone()
+        if not isinstance(loader, DecodedImageCache):
+            return None
         return {"decoded": result.decoded, "already": result.already, "seconds": round(result.seconds, 3),
                 "processes": result.processes}
 
