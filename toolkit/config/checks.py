@@ -93,6 +93,14 @@ LIMITS: dict[str, Range] = {
     "train.epoch_samples": Range(ge=1),
     "train.ema_decay": Range(ge=0, le=1),
     "train.log_every": Range(ge=1),
+    "sweep.trials": Range(ge=1, example="20"),
+    "sweep.timeout": Range(gt=0, example="3600"),
+    "sweep.seed": _SEED,
+    "sweep.startup_trials": Range(ge=0),
+    "sweep.warmup_epochs": Range(ge=0),
+    "sweep.p_threshold": Range(gt=0, lt=1, example="0.1"),
+    "sweep.heartbeat": Range(ge=1, example="60"),
+    "sweep.retries": Range(ge=0),
 }
 
 _INDEX = re.compile(r"\[\d+\]")

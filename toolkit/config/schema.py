@@ -200,6 +200,33 @@ class TTAConfig:
 
 
 @dataclass(frozen=True)
+class SweepConfig:
+    metric: str | None = _f(None, "what a trial is scored by (its CV mean over `folds`); unset = `train.metric`")
+    direction: Literal["auto", "maximize", "minimize"] = _f(
+        "auto", "auto = the metric's own (larger macro_f1, smaller log_loss); an explicit one must agree with it")
+    trials: int | None = _f(20, "finished (complete or pruned) trials the study stops at, counted over every worker "
+                           "and every invocation; unset = until `timeout`")
+    timeout: float | None = _f(None, "seconds this invocation may start trials for; unset = no limit")
+    sampler: Literal["tpe", "random", "grid", "cmaes"] = _f(
+        "tpe", "tpe, random, grid (every combination; ranges need a `step`), cmaes (numeric keys; others are drawn at random)")
+    pruner: Literal["median", "hyperband", "wilcoxon", "none"] = _f(
+        "median", "median and hyperband stop a trial whose epochs fall behind; wilcoxon compares trials fold by fold "
+        "(needs `folds` of 2 or more); none trains every trial to the end")
+    folds: str = _f("0", "folds each trial trains: one fold (fast), a list such as `0,2`, or `all` (CV-scored trials)")
+    seed: int | None = _f(None, "seed of the sampler (one worker reproduces its draws; give workers different seeds)")
+    startup_trials: int = _f(5, "trials before the sampler models the space (tpe) and before the median pruner prunes")
+    warmup_epochs: int = _f(1, "epochs a trial always trains before median/hyperband may stop it")
+    p_threshold: float = _f(0.1, "wilcoxon: how sure (p-value) the test must be that a trial is worse than the best")
+    heartbeat: int = _f(60, "seconds between a running trial's signs of life; a trial silent for twice as long "
+                        "(or whose process on this machine is gone) is failed and retried")
+    retries: int = _f(2, "times a trial whose worker died is retried")
+    space: dict[str, Any] = _f(
+        dict, "search space by recipe key: `space.\"optim.lr\" = { low = 1e-5, high = 1e-2, log = true }`, "
+        "`space.\"train.batch_size\" = { low = 16, high = 64, step = 16 }`, `space.\"loss.name\" = [\"ce\", \"focal\"]`",
+        factory=True)
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str | None = _f(None, "run name; the run folder ends with it")
     description: str = _f("", "what this recipe is for")
@@ -213,13 +240,15 @@ class Recipe:
     sched: SchedConfig = _f(SchedConfig, "", factory=True)
     train: TrainConfig = _f(TrainConfig, "", factory=True)
     tta: TTAConfig = _f(TTAConfig, "", factory=True)
+    sweep: SweepConfig = _f(SweepConfig, "", factory=True)
 
     def to_toml(self) -> str:
         """The resolved recipe as TOML (what a run folder's ``recipe.toml`` holds)."""
         return recipe_to_toml(self)
 
 
-SECTIONS: tuple[str, ...] = ("data", "targets", "split", "model", "aug", "loss", "optim", "sched", "train", "tta")
+SECTIONS: tuple[str, ...] = ("data", "targets", "split", "model", "aug", "loss", "optim", "sched", "train", "tta",
+                             "sweep")
 
 
 def _to_plain(value: Any, default: Any) -> Any:
@@ -253,6 +282,8 @@ def recipe_to_dict(recipe: Any) -> dict[str, Any]:
 def recipe_to_toml(recipe: Recipe) -> str:
     """The resolved recipe as TOML; ``load_recipe`` on it yields an equal recipe."""
     raw = recipe_to_dict(recipe)
+    if recipe.sweep == SweepConfig():
+        del raw["sweep"]  # only sweeps use it: a train run's recipe.toml stays as it was
     top = {k: v for k, v in raw.items() if k not in SECTIONS}
     sections = {k: raw[k] for k in SECTIONS if k in raw}
     return tomli_w.dumps(top) + ("\n" if top else "") + tomli_w.dumps(sections)

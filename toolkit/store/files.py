@@ -15,6 +15,8 @@
     label_issues.csv  clean runs: one row per image (and head)  write_label_issues() / read_label_issues()
     label_conflicts.csv, outliers.csv, near_duplicates.csv      write_findings()
     clean_manifest.csv  the source manifest, suspects dropped or relabelled   write_clean_manifest()
+    trial.json        a sweep's trial: study, number, parameters, state   write_trial() / read_trial()
+    best.toml, report.html   sweep runs: the best trial's recipe, the study page   write_best_recipe(), sweep_report_path
 
 :class:`RunFiles` is mixed into :class:`toolkit.store.run.Run`; no other package opens a run file by name.
 Every write is atomic. Probability tables are laid out by :func:`toolkit.store.tables.probability_frame`.
@@ -32,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from toolkit.errors import RunError
-from toolkit.store.atomic import append_csv_row, atomic_write_json, read_json
+from toolkit.store.atomic import append_csv_row, atomic_write_json, atomic_write_text, read_json
 from toolkit.store.tables import read_table, write_table
 
 if TYPE_CHECKING:
@@ -55,6 +57,7 @@ CLEAN_MANIFEST_CSV = "clean_manifest.csv"
 # Tables of findings a clean run lists besides its label issues.
 FINDINGS = {"conflicts": "label_conflicts.csv", "outliers": "outliers.csv", "near_duplicates": "near_duplicates.csv"}
 CHECKPOINT = "model.safetensors"
+TRIAL_JSON, BEST_TOML, SWEEP_REPORT = "trial.json", "best.toml", "report.html"
 # Inside folds/<k>/: a training state is written to STATE_TMP, then swapped in as STATE.
 STATE, STATE_OLD, STATE_TMP = "state", "state.old", "state.tmp"
 STATE_COUNTERS, STATE_EMA = "progress.json", "ema.safetensors"
@@ -435,6 +438,33 @@ class RunFiles:
     def write_clean_manifest(self, frame: pd.DataFrame) -> Path:
         """Write ``clean_manifest.csv``, the manifest to retrain on."""
         return write_table(frame, self.file(CLEAN_MANIFEST_CSV))
+
+    # ------------------------------------------------------------------ sweeps
+    def write_trial(self, record: Mapping[str, Any]) -> Path:
+        """Write ``trial.json``: which study and trial a train run is, its parameters and how the trial ended."""
+        target = self.file(TRIAL_JSON)
+        atomic_write_json(target, dict(record))
+        return target
+
+    def read_trial(self) -> dict[str, Any] | None:
+        """The content of ``trial.json``; None for a run that is no sweep's trial."""
+        path = self.file(TRIAL_JSON)
+        return read_json(path) if path.is_file() else None
+
+    @property
+    def best_recipe_path(self) -> Path:
+        """``best.toml`` of a sweep run: the best trial's recipe (``clsctl train --recipe`` on it retrains it)."""
+        return self.file(BEST_TOML)
+
+    def write_best_recipe(self, text: str) -> Path:
+        """Write ``best.toml`` (TOML text of a resolved recipe)."""
+        atomic_write_text(self.best_recipe_path, text)
+        return self.best_recipe_path
+
+    @property
+    def sweep_report_path(self) -> Path:
+        """``report.html`` of a sweep run: trials, the metric against each parameter, importances, pruned curves."""
+        return self.file(SWEEP_REPORT)
 
 
 class Folder(RunFiles):

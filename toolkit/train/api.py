@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 def train(recipe: Recipe, *, runs_root: str | Path | None = None, name: str | None = None, folds: str | None = None,
           resume: str | Path | Run | None = None, callbacks: Sequence[Callback] = (),
-          progress: Progress | bool | None = None) -> Run:
+          progress: Progress | bool | None = None, parents: Sequence[str | Run] = ()) -> Run:
     """Train every selected fold of ``recipe`` into one run folder; return the run.
 
     Args:
@@ -35,6 +35,7 @@ def train(recipe: Recipe, *, runs_root: str | Path | None = None, name: str | No
         callbacks: Callbacks run after the built-in ones, e.g. a sweep's pruning
             (see :class:`toolkit.train.callbacks.Callback`).
         progress: Where progress goes; None prints plain lines, False shows nothing.
+        parents: Runs a new run records as its parents (a sweep's trials name the sweep run).
 
     Raises:
         RecipeError: The recipe names no data, or a value or name in it is invalid.
@@ -52,7 +53,7 @@ def train(recipe: Recipe, *, runs_root: str | Path | None = None, name: str | No
     from toolkit.train.trainer import Trainer
 
     return Trainer(recipe, runs_root=runs_root, name=name, folds=folds, resume=resume, callbacks=callbacks,
-                   progress=progress).run()
+                   progress=progress, parents=parents).run()
 
 
 def _check_resumable(resume: str | Path | Run, runs_root: str | Path | None, progress: Progress | bool | None) -> None:

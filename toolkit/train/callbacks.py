@@ -12,7 +12,8 @@ Fabric's ``call("hook", **kw)``)::
 ``trainer`` is the running :class:`toolkit.train.trainer.Trainer` (its ``recipe``, ``accelerator``,
 ``data``, ``folder`` — the run, which writes every run file — and ``progress``); ``state`` is the
 fold's :class:`~toolkit.train.state.FoldState`. A callback stops training by setting ``state.should_stop = True`` (the fold ends after the current
-epoch, and counts as finished). What :meth:`Callback.state_dict` returns is saved as JSON beside
+epoch, and counts as finished); setting ``trainer.stop_training = True`` as well ends the run there, leaving
+the folds after it untrained (a sweep's pruning). What :meth:`Callback.state_dict` returns is saved as JSON beside
 Accelerate's state after every epoch and handed back to :meth:`Callback.load_state_dict` on resume.
 
 The built-in callbacks, in the order the trainer runs them: :class:`BestCheckpoint`,

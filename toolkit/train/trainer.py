@@ -61,16 +61,21 @@ class Trainer:
         callbacks: More callbacks, run after the built-in ones (see :mod:`toolkit.train.callbacks`).
         progress: Where progress goes; None prints plain lines, False shows nothing. Only the main
             process reports.
+        parents: Runs a new run is made from besides the one holding its manifest (a sweep names itself).
 
     While it runs, callbacks read ``recipe``, ``accelerator``, ``data`` (the manifest, heads, classes
     and folds), ``folds`` (the folds this run trains), ``folder`` (the run, whose methods write every
-    run file), ``progress`` and ``callbacks`` from the trainer.
+    run file), ``progress`` and ``callbacks`` from the trainer. A callback that sets ``stop_training`` (and
+    ``state.should_stop``) ends the run after the current epoch: the folds after it are left untrained.
     """
 
     def __init__(self, recipe: Recipe, *, runs_root: str | Path | None = None, name: str | None = None,
                  folds: str | None = None, resume: str | Path | Run | None = None,
-                 callbacks: Sequence[Callback] = (), progress: Progress | bool | None = None) -> None:
+                 callbacks: Sequence[Callback] = (), progress: Progress | bool | None = None,
+                 parents: Sequence[str | Run] = ()) -> None:
         self.recipe = recipe
+        self.parents = list(parents)
+        self.stop_training = False
         self.runs_root = runs_root
         self.name = name or recipe.name
         self.fold_spec = folds
@@ -205,7 +210,7 @@ class Trainer:
             source = run_holding(recipe.data.manifest)
             run = RunStore(self.runs_root).create(
                 "train", name=self.name, recipe=recipe, seed=recipe.train.seed,
-                parents=[source] if source is not None else [],
+                parents=[*([source] if source is not None else []), *self.parents],
                 data_fingerprint=manifest_fingerprint(data.df, data.root),
                 extra={"folds": self.folds, "heads": data.heads, "data_root": str(data.root),
                        "num_processes": accelerator.num_processes})
@@ -286,6 +291,9 @@ class Trainer:
         accelerator, run = self.accelerator, self.folder
         results: dict[int, dict[str, Any]] = {}
         for k in self.folds:
+            if self.stop_training:
+                self.progress.log(f"fold {k}: not trained (a callback stopped the run)")
+                continue
             done = run.read_fold_done(k)
             if done is not None:
                 results[k] = done
@@ -307,6 +315,9 @@ class Trainer:
         state = self._fold_state(k)
         if run.fold_state_dir(k) is not None:
             self._load_state(state)
+        elif self.resume is not None and accelerator.is_main_process and any(
+                str(row.get("fold")) == str(k) for row in run.read_metrics(as_frame=False)):
+            run.replace_fold_metrics(k, [])  # a kill before the fold's first saved state had logged an epoch
         self.call("on_fold_start", state=state)
 
         for epoch in range(state.epoch + 1, tcfg.epochs):
