@@ -20,6 +20,8 @@ from toolkit.cli import aug as aug_cmd
 from toolkit.cli import clean as clean_cmd
 from toolkit.cli import eda as eda_cmd
 from toolkit.cli import ensemble as ensemble_cmd
+from toolkit.cli import explain as explain_cmd
+from toolkit.cli import export as export_cmd
 from toolkit.cli import predict as predict_cmd
 from toolkit.cli import recipe as recipe_cmd
 from toolkit.cli import report as report_cmd
@@ -45,6 +47,8 @@ app.command("predict")(predict_cmd.predict)
 app.command("ensemble")(ensemble_cmd.ensemble)
 app.command("clean")(clean_cmd.clean)
 app.command("report")(report_cmd.report)
+app.command("export")(export_cmd.export)
+app.command("explain")(explain_cmd.explain)
 
 
 def _version(value: bool) -> None:

@@ -18,8 +18,9 @@ def predict(
         "--tta", metavar="SPEC", help="Views besides the identity, comma-separated: hflip, vflip, scale:<f>, "
         "fivecrop, trainaug:<n>; `none`; or `auto` (pick the best policy on the run's out-of-fold rows) "
         "[default: the recipe's tta.views].", show_default=False)] = None,
-    folds: Annotated[str, typer.Option("--folds", help="Fold models to average: all, best (by the run's "
-                                       "selection score), a number, or a list like 0,2.")] = "all",
+    folds: Annotated[str | None, typer.Option("--folds", help="Fold models to average: all, best (by the run's "
+                                              "selection score), a number, or a list like 0,2 [default: all; with "
+                                              "--engine onnx, the export's].", show_default=False)] = None,
     name: Annotated[str | None, typer.Option("--name", "-n", help="Name of the prediction set: "
                                              "predictions/NAME.parquet and .csv [default: data name + views].",
                                              show_default=False)] = None,
@@ -38,6 +39,11 @@ def predict(
     workers: Annotated[int | None, typer.Option("--workers", help="Data-loader processes [default: on a GPU, "
                                                 "all cores but one; on the CPU, none up to 4 cores, else "
                                                 "one per 8].", show_default=False)] = None,
+    engine: Annotated[str, typer.Option("--engine", metavar="torch|onnx", help="torch: the fold checkpoints; onnx: "
+                                        "the graph `clsctl export` wrote, on onnxruntime (CPU), with the export's "
+                                        "folds, views and combine.")] = "torch",
+    onnx: Annotated[Path | None, typer.Option("--onnx", metavar="DIR", help="With --engine onnx: the export folder "
+                                              "or .onnx file [default: RUN/export].", show_default=False)] = None,
     runs: RunsOpt = None,
 ) -> None:
     """Predict images with a run's fold models and test-time views; write probabilities and a submission.
@@ -52,7 +58,7 @@ def predict(
     with progress_display() as progress:
         result = run_predict(run, data, tta=tta, folds=folds, name=name, sample_submission=sample_submission,
                              combine=combine, batch_size=batch_size, runs_root=runs, root=root, workers=workers,
-                             progress=progress)
+                             progress=progress, engine=engine, onnx=onnx)
     if result.main:
         _print(result)
 
@@ -81,7 +87,8 @@ def _print(result: Any) -> None:
     for note in result.notes:
         console.print(f"warning: {note}", soft_wrap=True)  # one line, whatever the path's length
     views = ", ".join(result.views)
-    console.print(f"{result.n} images ({result.source}), folds {result.folds}, views [{views}], {result.combine}: "
+    engine = " on onnxruntime" if result.engine == "onnx" else ""
+    console.print(f"{result.n} images ({result.source}), folds {result.folds}, views [{views}], {result.combine}{engine}: "
                   f"{result.seconds:.1f}s, {result.img_s:.0f} img/s")
     if result.scores is not None:
         s = result.scores

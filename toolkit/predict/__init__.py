@@ -15,12 +15,14 @@ from __future__ import annotations
 from toolkit.predict.engine import (
     FoldStatus,
     Inference,
+    SingleProcess,
     check_input_sizes,
     combine_views,
     fold_status,
     pipelines_for,
     select_folds,
 )
+from toolkit.predict.exported import ExportedGraphs, OnnxInference, onnx_session, open_export
 from toolkit.predict.inputs import PredictionInput, read_input
 from toolkit.predict.predictor import PredictResult, choose_tta, default_name, predict, score_predictions
 from toolkit.predict.submission import align_to_sample, build_submission, read_sample
@@ -29,8 +31,10 @@ from toolkit.predict.tta import AUTO_POLICIES, VIEW_NAMES, View, build_views, pa
 __all__ = [
     "AUTO_POLICIES",
     "VIEW_NAMES",
+    "ExportedGraphs",
     "FoldStatus",
     "Inference",
+    "OnnxInference",
     "PredictResult",
     "PredictionInput",
     "View",
@@ -49,4 +53,7 @@ __all__ = [
     "read_sample",
     "score_predictions",
     "select_folds",
+    "SingleProcess",
+    "onnx_session",
+    "open_export",
 ]

@@ -8,10 +8,11 @@ autocast. On CUDA a batch that runs out of memory is retried in halves.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -242,6 +243,33 @@ def _merge_passes(outs: torch.Tensor, sizes: Sequence[int], combine: str) -> tor
 
 
 # --------------------------------------------------------------------------- the loop
+class SingleProcess:
+    """What :class:`Inference` uses of an ``accelerate.Accelerator``, for one process in float32 on one device.
+
+    The reference an ONNX export is checked against: no autocast and no sharding, whatever
+    ``accelerate launch`` or the GPU would pick, and no process-wide Accelerate state to conflict with.
+    """
+
+    num_processes = 1
+    is_main_process = True
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+
+    @contextlib.contextmanager
+    def autocast(self) -> Iterator[None]:
+        yield
+
+    def prepare_data_loader(self, loader: Any) -> Any:
+        return loader
+
+    def gather_for_metrics(self, values: Any) -> Any:
+        return values
+
+    def wait_for_everyone(self) -> None:
+        pass
+
+
 class Inference:
     """Runs fold models × views over images; see :meth:`run`."""
 

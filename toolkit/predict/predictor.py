@@ -28,7 +28,15 @@ from toolkit.data.training import run_image_root
 from toolkit.errors import DataError, RunError, UsageError, examples
 from toolkit.metrics import classification_metrics, is_better, metric_direction, multihead_metrics
 from toolkit.models.checkpoint import FoldModel, load_fold_model
-from toolkit.predict.engine import Inference, check_input_sizes, combine_views, fold_status, select_folds
+from toolkit.predict.engine import (
+    FoldStatus,
+    Inference,
+    check_input_sizes,
+    combine_views,
+    fold_status,
+    select_folds,
+)
+from toolkit.predict.exported import ExportedGraphs, OnnxInference, open_export
 from toolkit.predict.inputs import PredictionInput, check_input_images, read_input
 from toolkit.predict.tta import AUTO_POLICIES, build_views, parse_tta, spec_slug, view_sizes
 from toolkit.progress import Progress
@@ -36,6 +44,7 @@ from toolkit.store import Run, RunStore, slugify
 from toolkit.store.tables import probability_frame
 
 COMBINES = ("mean_prob", "mean_logit")
+ENGINES = ("torch", "onnx")
 
 
 @dataclass
@@ -47,7 +56,7 @@ class PredictResult:
         name: the prediction set's name (``predictions/<name>.*``).
         ids, paths: one per image, in output order.
         classes: class list per head; ``probs``: probabilities per head ``[N, C]``.
-        folds, views, combine: how it was predicted.
+        folds, views, combine, engine: how it was predicted (``torch`` or ``onnx``).
         scores: metrics of the labeled rows, when there are any (single head: ``classification_metrics``;
             multi-head: ``multihead_metrics`` with the combined label); ``scores["n"]`` rows were scored.
         unscored: rows predicted but not scored, by reason (``unlabeled``, ``unknown_class``).
@@ -73,6 +82,7 @@ class PredictResult:
     img_s: float = 0.0
     tta_auto: dict[str, Any] | None = None
     source: str = ""
+    engine: str = "torch"
     main: bool = True
     unscored: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -244,18 +254,18 @@ def default_name(data_name: str, views: Sequence[str], folds: Sequence[int], all
     return slugify("-".join(parts)) or "predictions"
 
 
-def predict(run, data: str | Path, *, tta: str | Sequence[str] | None = None, folds: str | int | None = "all",  # noqa: ANN001, C901
+def predict(run, data: str | Path, *, tta: str | Sequence[str] | None = None, folds: str | int | None = None,  # noqa: ANN001, C901
             name: str | None = None, sample_submission: str | Path | None = None, combine: str | None = None,
             batch_size: int | None = None, runs_root: str | Path | None = None, root: str | Path | None = None,
             workers: int | None = None, progress: Progress | bool | None = None, accelerator=None,  # noqa: ANN001
-            write: bool = True) -> PredictResult:
+            write: bool = True, engine: str = "torch", onnx: str | Path | None = None) -> PredictResult:
     """Predict ``data`` with a run's fold models and TTA views; write the prediction set into the run.
 
     Args:
         run: a run folder, id, name suffix or :class:`~toolkit.store.Run`.
         data: a folder (unlabeled or ImageFolder) or a CSV/Parquet manifest with a path column.
         tta: a view spec (``"hflip,scale:1.15"``), ``"auto"``, or None for the recipe's ``[tta] views``.
-        folds: ``all``, ``best``, a fold number or a list like ``0,2``.
+        folds: ``all`` (None), ``best``, a fold number or a list like ``0,2``.
         name: the prediction set's name; default from the data's name, the views and the folds.
         sample_submission: a CSV whose ids, order and columns the submission copies.
         combine: ``mean_prob`` or ``mean_logit``; None for the recipe's ``[tta] combine``.
@@ -266,6 +276,9 @@ def predict(run, data: str | Path, *, tta: str | Sequence[str] | None = None, fo
         progress: where progress goes (the CLI's display; True: plain lines; None/False: nothing).
         accelerator: an ``accelerate.Accelerator`` to use (one is made otherwise).
         write: write the files (False: only return the result).
+        engine: ``torch`` (the fold checkpoints) or ``onnx`` (the graph ``clsctl export`` wrote, run with
+            onnxruntime on the CPU; its folds, views and combine are the export's).
+        onnx: the export folder or ``.onnx`` file for ``engine="onnx"`` (default: the run's ``export/``).
 
     Raises:
         RunError: not a train run, no checkpoints, unfinished folds (``all``/``best``).
@@ -274,18 +287,25 @@ def predict(run, data: str | Path, *, tta: str | Sequence[str] | None = None, fo
     if batch_size is not None and batch_size < 1:
         raise UsageError(f"--batch-size {batch_size}: a batch holds at least one image",
                          "pass 1 or more, or leave it out for twice the training batch")
+    if engine not in ENGINES:
+        raise UsageError(f"--engine {engine!r} is not one of {', '.join(ENGINES)}", "use --engine torch or onnx")
     run = _open_run(run, runs_root)
     if name is not None:
         _check_name(run, name)
     recipe = run.read_recipe()
     heads, classes = run.read_classes()
-    combine = combine or recipe.tta.combine
-    if combine not in COMBINES:
-        raise UsageError(f"--combine {combine!r} is not one of {', '.join(COMBINES)}", "use mean_prob or mean_logit")
-    auto = isinstance(tta, str) and tta.strip().lower() == "auto"
-    view_names = parse_tta(recipe.tta.views if tta is None else ([] if auto else tta))
     fold_states = fold_status(run)
-    selected = select_folds(run, folds, fold_states)
+    auto = isinstance(tta, str) and tta.strip().lower() == "auto"
+    exported = None
+    if engine == "onnx":
+        exported = _matching_export(run, onnx, heads, classes, tta, folds, combine, fold_states)
+        combine, view_names, selected = exported.combine, exported.views, exported.folds
+    else:
+        combine = combine or recipe.tta.combine
+        if combine not in COMBINES:
+            raise UsageError(f"--combine {combine!r} is not one of {', '.join(COMBINES)}", "use mean_prob or mean_logit")
+        view_names = parse_tta(recipe.tta.views if tta is None else ([] if auto else tta))
+        selected = select_folds(run, folds, fold_states)
     inputs: PredictionInput = read_input(data, recipe, heads, classes, root=root)
     sample = None
     if sample_submission is not None:
@@ -298,26 +318,34 @@ def predict(run, data: str | Path, *, tta: str | Sequence[str] | None = None, fo
     # unreadable ones are named at once, or left out with data.on_bad_image = "skip".
     inputs = check_input_images(inputs, make_image_loader(recipe, ram_mb=0), recipe.data.on_bad_image, sample)
 
-    models = [load_fold_model(run, k) for k in selected]
-    engine = Inference(accelerator, batch_size=batch_size or recipe.train.batch_size * 2, workers=workers,
-                       progress=progress, channels_last=bool(models[0].record.model.get("channels_last")))
-    size = models[0].record.preprocessing.eval_size
+    batch_size = batch_size or recipe.train.batch_size * 2
     auto_report = None
-    if auto:
-        auto_report = choose_tta(run, recipe, models, engine, heads, classes, combine)
-        view_names = list(auto_report["chosen_views"])
-    views = build_views(view_names, size)
-    t0 = time.perf_counter()
-    logits = engine.run(models, views, inputs.paths, recipe.aug, recipe.train.seed, combine)
-    seconds = time.perf_counter() - t0
-    sizes = models[0].record.head_sizes
-    probs = dict(zip(heads, combine_views(logits, sizes, combine, axes=(0, 1)), strict=True))
+    if exported is not None:
+        runner = OnnxInference(exported, batch_size=batch_size, workers=workers, progress=progress)
+        t0 = time.perf_counter()
+        probs = runner.run(inputs.paths)
+        seconds = time.perf_counter() - t0
+        main, wait = True, None
+    else:
+        models = [load_fold_model(run, k) for k in selected]
+        inference = Inference(accelerator, batch_size=batch_size, workers=workers, progress=progress,
+                              channels_last=bool(models[0].record.model.get("channels_last")))
+        if auto:
+            auto_report = choose_tta(run, recipe, models, inference, heads, classes, combine)
+            view_names = list(auto_report["chosen_views"])
+        views = build_views(view_names, models[0].record.preprocessing.eval_size)
+        t0 = time.perf_counter()
+        logits = inference.run(models, views, inputs.paths, recipe.aug, recipe.train.seed, combine)
+        seconds = time.perf_counter() - t0
+        probs = dict(zip(heads, combine_views(logits, models[0].record.head_sizes, combine, axes=(0, 1)), strict=True))
+        main, wait = inference.accelerator.is_main_process, inference.accelerator.wait_for_everyone
+    default = default_name(inputs.name, view_names, selected, fold_states.folds, auto)
     result = PredictResult(
-        run=run, name=name or default_name(inputs.name, view_names, selected, fold_states.folds, auto),
+        run=run, name=name or (default + "-onnx" if exported is not None else default), engine=engine,
         ids=inputs.df["id"].astype(str).tolist(), paths=inputs.df["path"].astype(str).tolist(), classes=classes,
         probs=probs, folds=selected, views=view_names, combine=combine, seconds=seconds,
         img_s=len(inputs.paths) / max(seconds, 1e-9), tta_auto=auto_report, source=inputs.source,
-        main=engine.accelerator.is_main_process, unscored=dict(inputs.unscored), notes=list(inputs.notes))
+        main=main, unscored=dict(inputs.unscored), notes=list(inputs.notes))
     if inputs.labeled:
         rows = inputs.scored_rows
         result.scores = score_predictions({h: t[rows] for h, t in inputs.targets.items()},
@@ -326,8 +354,29 @@ def predict(run, data: str | Path, *, tta: str | Sequence[str] | None = None, fo
     submission = _submission(result, recipe, heads, sample, sample_submission)
     if write and result.main:
         _write(result, submission, inputs, data, sample_submission)
-    engine.accelerator.wait_for_everyone()
+    if wait is not None:
+        wait()
     return result
+
+
+def _matching_export(run: Run, onnx: str | Path | None, heads: list[str], classes: dict[str, list[str]],
+                     tta: str | Sequence[str] | None, folds: str | int | None, combine: str | None,
+                     fold_states: FoldStatus) -> ExportedGraphs:
+    """The run's export, refused when it is of other classes or when --tta/--folds/--combine ask for what it lacks."""
+    exported = open_export(onnx if onnx is not None else run.export_dir())
+    if exported.heads != heads or exported.classes != classes:
+        raise RunError(f"the export in {exported.folder} predicts other classes than run {run.id}",
+                       f"export this run again (`clsctl export {run.id}`), or pass its own export with --onnx")
+    again = f"`clsctl export {run.id}` with the folds and views you want, or leave the option out"
+    if isinstance(tta, str) and tta.strip().lower() == "auto":
+        raise UsageError("--tta auto compares views with the fold checkpoints", "use it with --engine torch")
+    if tta is not None and parse_tta(tta) != exported.views:
+        raise UsageError(f"--tta: the export averages the views {', '.join(exported.views)}", again)
+    if folds is not None and select_folds(run, folds, fold_states) != exported.folds:
+        raise UsageError(f"--folds {folds}: the export holds folds {', '.join(map(str, exported.folds))}", again)
+    if combine is not None and combine != exported.combine:
+        raise UsageError(f"--combine {combine}: the export combines with {exported.combine}", again)
+    return exported
 
 
 def _check_name(run: Run, name: str) -> None:
@@ -359,7 +408,7 @@ def _write(result: PredictResult, submission: pd.DataFrame, inputs: PredictionIn
         scores = {k: v for k, v in result.scores.items() if k in keep}
     info = {
         "name": result.name, "data": str(Path(data).absolute()), "root": str(inputs.root), "source": inputs.source,
-        "n": result.n, "folds": result.folds, "views": result.views, "combine": result.combine,
+        "n": result.n, "folds": result.folds, "views": result.views, "combine": result.combine, "engine": result.engine,
         "classes": result.classes, "sample_submission": str(sample_path) if sample_path is not None else None,
         "scores": scores, "unscored": result.unscored, "notes": result.notes,
         "seconds": round(result.seconds, 3), "img_s": round(result.img_s, 2),

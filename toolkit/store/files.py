@@ -17,6 +17,8 @@
     clean_manifest.csv  the source manifest, suspects dropped or relabelled   write_clean_manifest()
     trial.json        a sweep's trial: study, number, parameters, state   write_trial() / read_trial()
     best.toml, report.html   sweep runs: the best trial's recipe, the study page   write_best_recipe(), sweep_report_path
+    export/           ONNX graphs + preprocessing.json (clsctl export)    export_dir()       (formats: store/exports.py)
+    explain/<name>/   Grad-CAM PNGs + explanations.json (clsctl explain)  explain_dir(name)
 
 :class:`RunFiles` is mixed into :class:`toolkit.store.run.Run`; no other package opens a run file by name.
 Every write is atomic. Probability tables are laid out by :func:`toolkit.store.tables.probability_frame`.
@@ -58,6 +60,7 @@ CLEAN_MANIFEST_CSV = "clean_manifest.csv"
 FINDINGS = {"conflicts": "label_conflicts.csv", "outliers": "outliers.csv", "near_duplicates": "near_duplicates.csv"}
 CHECKPOINT = "model.safetensors"
 TRIAL_JSON, BEST_TOML, SWEEP_REPORT = "trial.json", "best.toml", "report.html"
+EXPORT, EXPLAIN, TOP_LOSSES = "export", "explain", "top-losses"
 # Inside folds/<k>/: a training state is written to STATE_TMP, then swapped in as STATE.
 STATE, STATE_OLD, STATE_TMP = "state", "state.old", "state.tmp"
 STATE_COUNTERS, STATE_EMA = "progress.json", "ema.safetensors"
@@ -413,6 +416,22 @@ class RunFiles:
         frame = read_table(path, what=f"prediction set {name!r} of run {self.id}", hint="predict again")
         frame["id"] = frame["id"].astype(str)
         return frame
+
+    # ------------------------------------------------------------------ export and explanations
+    def export_dir(self) -> Path:
+        """``export/``: where ``clsctl export`` writes the ONNX graph(s) and ``preprocessing.json`` by default."""
+        return self.file(EXPORT)
+
+    def explain_dir(self, name: str = TOP_LOSSES) -> Path:
+        """``explain/<name>/``: one set of explanations (``top-losses`` holds those of ``--top-losses``).
+
+        Raises:
+            RunError: ``name`` is not a plain file name.
+        """
+        if not _SET_NAME.match(name) or name in (".", ".."):
+            raise RunError(f"explanation set name {name!r} is not a plain name",
+                           "use letters, digits, '.', '_' and '-' (no slashes)")
+        return self.file(f"{EXPLAIN}/{name}")
 
     # ------------------------------------------------------------------ clean runs
     def write_label_issues(self, frame: pd.DataFrame) -> Path:
