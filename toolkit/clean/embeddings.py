@@ -4,7 +4,7 @@ Each image becomes the pooled head features of the image and of its mirror image
 the pooled feature maps of the backbone's last two stages. Embeddings are cached one ``.npy`` per image
 under ``<cache>/<model key>/``; the model key covers everything that decides the numbers (backbone,
 weights, image size, preprocessing, timm version, the feature layout), the file name covers the image
-(resolved path, size, modification time), and ``meta.json`` records how many leading numbers are the
+(resolved path, size, modification and change time, inode), and ``meta.json`` records how many leading numbers are the
 head's. A second call on the same data reads the cache and never builds the model.
 """
 
@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from toolkit.errors import DataError
+from toolkit.imaging.cache import file_identity
 from toolkit.progress import Progress, as_progress
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ def _file_identity(path: str | os.PathLike[str]) -> str:
     except OSError:
         # No entry is ever written under this key: building the model raises the missing-file error.
         return f"{os.path.abspath(path)}\0missing"
-    return f"{os.path.realpath(path)}\0{st.st_size}\0{st.st_mtime_ns}"
+    return f"{os.path.realpath(path)}\0{file_identity(st)}"
 
 
 def model_key(backbone: str, *, pretrained: bool, pretrained_file: str | os.PathLike[str] | None,
@@ -77,8 +78,9 @@ def model_key(backbone: str, *, pretrained: bool, pretrained_file: str | os.Path
 
 
 def _entry(folder: Path, path: str) -> Path:
-    st = os.stat(path)
-    key = hashlib.blake2b(f"{os.path.realpath(path)}\0{st.st_size}\0{st.st_mtime_ns}".encode(),
+    # The decoded-image cache's notion of a file version: a same-size replacement whose times were put
+    # back is a new entry, not the old image's embedding.
+    key = hashlib.blake2b(f"{os.path.realpath(path)}\0{file_identity(os.stat(path))}".encode(),
                           digest_size=16).hexdigest()
     return folder / key[:2] / f"{key}.npy"
 
