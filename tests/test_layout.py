@@ -50,7 +50,7 @@ def test_help_is_fast_and_imports_no_heavy_library():
             "from toolkit.cli.main import run\n"
             "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
             "    rc = run(['--help'])\n"
-            "heavy = [m for m in ('torch', 'timm', 'pandas', 'numpy', 'albumentations', 'sklearn') if m in sys.modules]\n"
+            "heavy = [m for m in ('torch', 'timm', 'pandas', 'numpy', 'albumentations', 'sklearn', 'optuna') if m in sys.modules]\n"
             "print(json.dumps({'rc': rc, 'heavy': heavy, 'help': out.getvalue()}))")
     start = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)

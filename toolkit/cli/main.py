@@ -26,6 +26,7 @@ from toolkit.cli import predict as predict_cmd
 from toolkit.cli import recipe as recipe_cmd
 from toolkit.cli import report as report_cmd
 from toolkit.cli import split as split_cmd
+from toolkit.cli import sweep as sweep_cmd
 from toolkit.cli import train as train_cmd
 
 app = typer.Typer(
@@ -47,6 +48,7 @@ app.command("predict")(predict_cmd.predict)
 app.command("ensemble")(ensemble_cmd.ensemble)
 app.command("clean")(clean_cmd.clean)
 app.command("report")(report_cmd.report)
+app.command("sweep")(sweep_cmd.sweep)
 app.command("export")(export_cmd.export)
 app.command("explain")(explain_cmd.explain)
 

@@ -272,6 +272,10 @@ def _from_run(run: Run) -> Entry:
         entry.notes.append("the run has no recipe.toml")
     if info.get("error"):
         entry.notes.append(str(info["error"]))
+    if entry.kind == "sweep" and entry.summary.get("trials") is not None:
+        from toolkit.report.sweep import sweep_note
+
+        entry.notes.append(sweep_note(entry.summary, run.sweep_report_path))
     return entry
 
 
