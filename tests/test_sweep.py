@@ -119,7 +119,10 @@ def test_tiny_sweep_end_to_end_then_resume_continues_counting(tmp_path, images, 
         assert "[sweep" not in (folder / "recipe.toml").read_text()
     summary = json.loads((sweep_run / "summary.json").read_text())
     assert summary["counts"]["complete"] == 3 and [t["number"] for t in summary["trials"]] == [0, 1, 2]
+    # Trial 0 is the hand-written recipe's own values, so the best trial is measured against it.
+    assert summary["trials"][0]["baseline"] and summary["trials"][0]["params"] == {"optim.lr": 3e-3, "loss.name": "ce"}
     best = summary["best"]
+    assert best["baseline"]["number"] == 0 and best["baseline"]["gain"] >= 0
     assert best["value"] == max(t["value"] for t in summary["trials"])
     assert {c["key"] for c in best["changes"]} <= set(SPACE)
     assert set(summary["importances"]) <= set(SPACE)

@@ -69,6 +69,10 @@ def _print(result: Any) -> None:
     if best is not None:
         changes = "; ".join(f"{c['key']}: {_v(c['base'])} → {_v(c['value'])}" for c in best["changes"]) or "none"
         console.print(f"best: trial {best['number']}, {metric} {best['value']:.4f} (changed: {changes})")
+        if best.get("baseline"):
+            base = best["baseline"]
+            console.print(f"the recipe's own values (trial {base['number']}): {metric} {base['value']:.4f}; "
+                          f"best trial {base['gain']:+.4f}")
     pruning = summary.get("pruning") or {}
     if pruning.get("epochs_saved"):
         console.print(f"pruning: {pruning['pruned']} trial(s) stopped early, {pruning['epochs_saved']} epoch(s) saved "

@@ -220,6 +220,8 @@ class SweepConfig:
     heartbeat: int = _f(60, "seconds between a running trial's signs of life; a trial silent for twice as long "
                         "(or whose process on this machine is gone) is failed and retried")
     retries: int = _f(2, "times a trial whose worker died is retried")
+    baseline: bool = _f(True, "a new study's first trial is the recipe's own values (when the space holds them), so "
+                        "the best trial is measured against the hand-written recipe (not with the grid sampler)")
     space: dict[str, Any] = _f(
         dict, "search space by recipe key: `space.\"optim.lr\" = { low = 1e-5, high = 1e-2, log = true }`, "
         "`space.\"train.batch_size\" = { low = 16, high = 64, step = 16 }`, `space.\"loss.name\" = [\"ce\", \"focal\"]`",

@@ -31,7 +31,10 @@ _PAGE = """{% extends "page.html" %}
 {{ counts }}. Storage: <code>{{ storage }}</code>.</p>
 {% if best %}<p><b>Best: trial {{ best.number }}</b>, {{ s.metric }} {{ "%.4f"|format(best.value) }}
 (run <code>{{ best.run }}</code>). Changed from the base recipe: {{ changes }}.
-Retrain it on every fold: <code>clsctl train --recipe {{ best_toml }}</code></p>{% endif %}
+Retrain it on every fold: <code>clsctl train --recipe {{ best_toml }}</code></p>
+{% if baseline %}<p>The recipe's own values (trial {{ baseline.number }}) scored
+{{ "%.4f"|format(baseline.value) }}: the best trial is {{ "%+.4f"|format(baseline.gain) }} on them.</p>{% endif %}
+{% endif %}
 {% if pruning %}<p>{{ pruning }}</p>{% endif %}
 <h2>Trials</h2>
 {{ trials }}
@@ -108,7 +111,7 @@ def render_sweep_report(run: Run) -> Path:
     header = ["#", "state", s["metric"], *keys, "run", "host", "seconds", "note"]
     rows = []
     for r in sorted(s["trials"], key=lambda r: r["number"]):
-        note = []
+        note = ["the recipe's own values"] if r.get("baseline") else []
         if r.get("retry_of") is not None:
             note.append(f"retry of {r['retry_of']}")
         if r.get("pruned_at"):
@@ -131,7 +134,8 @@ def render_sweep_report(run: Run) -> Path:
     importances = table(["parameter", "importance"], [[k, f"{v:.3f}"] for k, v in s["importances"].items()],
                         numeric=[1]) if s.get("importances") else None
     html = render_page(_PAGE, s=s, counts=", ".join(f"{n} {state}" for state, n in s["counts"].items() if n),
-                       storage=run.info.get("storage", ""), best=best, changes=changes or "nothing",
+                       storage=run.info.get("storage", ""), best=best, baseline=(best or {}).get("baseline"),
+                       changes=changes or "nothing",
                        best_toml=str(run.best_recipe_path), pruning=said,
                        trials=table(header, rows, numeric=[0, 2, len(keys) + 5]), scatter=_scatter(s),
                        importances=importances, curves=_curves(s), zoom=Markup(ZOOM_SCRIPT), zoom_hint=ZOOM_HINT)

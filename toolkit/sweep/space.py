@@ -60,6 +60,17 @@ class Param:
         values = [self.low + i * step for i in range(count)]
         return [int(v) for v in values] if self.kind == "int" else [round(float(v), _GRID_DIGITS) for v in values]
 
+    def holds(self, value: Any) -> bool:
+        """Whether ``value`` is one of the choices, or a point of the range (on its step, if it has one)."""
+        if self.kind == "choice":
+            return any(type(value) is type(c) and value == c for c in self.choices)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not self.low <= value <= self.high:
+            return False
+        if self.step is None:
+            return self.kind == "float" or isinstance(value, int)
+        ratio = (value - self.low) / self.step
+        return abs(ratio - round(ratio)) < 1e-9
+
     def describe(self) -> str:
         """``[ce, focal]``, ``1e-05..0.01 log``, ``16..64 step 16``: as the sweep's first lines show it."""
         if self.kind == "choice":

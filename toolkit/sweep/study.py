@@ -100,6 +100,7 @@ def run_sweep(recipe: Recipe, *, study: str | None = None, storage: str | os.Pat
                                  direction=plan.direction, load_if_exists=True)
     _check_signature(opened, plan)
     opened.sampler = make_sampler(plan, existing=len(opened.get_trials(deepcopy=False)))
+    baseline = _enqueue_baseline(opened, plan)
     described = describe_storage(location)
     run = RunStore(root).create("sweep", name=plan.study, recipe=recipe, seed=cfg.seed, extra={
         "study": plan.study, "storage": described, "sampler": cfg.sampler, "pruner": cfg.pruner,
@@ -110,6 +111,8 @@ def run_sweep(recipe: Recipe, *, study: str | None = None, storage: str | os.Pat
         done = _finished(opened)
         shown.log(f"study {plan.study} ({described}): {done} finished trial(s); searching "
                   + ", ".join(f"{p.key} {p.describe()}" for p in plan.params))
+        if baseline:
+            shown.log(f"the first trial is the recipe's own values ({baseline})")
         if plan.trials is not None and done >= plan.trials and not _waiting(opened):
             shown.log(f"study {plan.study} already has {done} finished trial(s) (sweep.trials = {plan.trials}): "
                       "nothing to run; pass --trials N to run more")
@@ -123,6 +126,19 @@ def run_sweep(recipe: Recipe, *, study: str | None = None, storage: str | os.Pat
             best = trial_recipe(plan.base, summary["best"]["params"])
             files["best"] = run.write_best_recipe(best.to_toml())
     return SweepResult(run=run, plan=plan, storage=described, summary=summary, ran=worker.ran, files=files)
+
+
+def _enqueue_baseline(study: optuna.Study, plan: SweepPlan) -> str | None:
+    """Queue the base recipe's own values as a new study's first trial; say why not, or None when not asked."""
+    from toolkit.config.loader import get_value
+
+    if not plan.recipe.sweep.baseline or plan.grid or study.get_trials(deepcopy=False):
+        return None  # the grid sampler would try that point again: it only counts the points it drew itself
+    values = {p.key: get_value(plan.base, p.key) for p in plan.params}
+    if not all(p.holds(values[p.key]) for p in plan.params):
+        return None
+    study.enqueue_trial(values, user_attrs={"baseline": True})
+    return ", ".join(f"{k}={_short(v)}" for k, v in values.items())
 
 
 def _finished(study: optuna.Study) -> int:

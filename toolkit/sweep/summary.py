@@ -37,6 +37,7 @@ def _trial_row(trial: optuna.trial.FrozenTrial, plan: SweepPlan) -> dict[str, An
         "started": start.isoformat(timespec="seconds") if start else None,
         "duration_s": round((end - start).total_seconds(), 1) if start and end else None,
         "retry_of": attrs.get("retry_of"),
+        "baseline": bool(attrs.get("baseline")),
         "pruned_at": attrs.get("pruned_at"),
         "error": attrs.get("error"),
         "curve": [[int(step), _finite(v)] for step, v in sorted(trial.intermediate_values.items())],
@@ -100,6 +101,10 @@ def study_summary(study: optuna.Study, plan: SweepPlan, *, ran: list[int] = ()) 
                    for key, value in top["params"].items() if get_value(plan.base, key) != value]
         best = {"number": top["number"], "value": top["value"], "params": top["params"], "run": top["run"],
                 "host": top["host"], "changes": changes}
+        base = [r for r in scored if r["baseline"]]
+        if base:  # the hand-written recipe, trained under the same conditions as every trial
+            best["baseline"] = {"number": base[0]["number"], "value": base[0]["value"],
+                                "gain": top["value"] - base[0]["value"]}
     cfg = plan.recipe.sweep
     return {
         "study": plan.study, "metric": plan.metric, "direction": plan.direction, "sampler": cfg.sampler,
