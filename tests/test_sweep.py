@@ -18,7 +18,7 @@ import pytest
 from imagegen import make_imagefolder, write_recipe
 
 from toolkit.cli.main import run as cli
-from toolkit.config import load_recipe
+from toolkit.config import load_recipe, with_overrides
 from toolkit.errors import RecipeError
 from toolkit.sweep import plan_sweep
 from toolkit.sweep.space import trial_recipe
@@ -92,6 +92,13 @@ def test_a_space_typo_exits_2_and_leaves_nothing(tmp_path, images, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "focl" in err
     assert not runs.exists()
+
+
+def test_machines_with_other_data_paths_join_one_study(tmp_path, images):
+    recipe = load_recipe(_recipe(tmp_path, images))
+    elsewhere = with_overrides(recipe, {"data.root": str(tmp_path / "mounted-elsewhere")})
+    assert plan_sweep(elsewhere).signature() == plan_sweep(recipe).signature()
+    assert plan_sweep(with_overrides(recipe, {"train.epochs": 2})).signature() != plan_sweep(recipe).signature()
 
 
 def test_storage_urls_are_recorded_without_passwords():

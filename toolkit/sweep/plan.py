@@ -9,11 +9,12 @@ before its first epoch, so no trial is spent on a name that cannot train. :func:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from toolkit.config.schema import Recipe
+from toolkit.config.schema import Recipe, recipe_to_dict
 from toolkit.errors import RecipeError, UsageError
 from toolkit.store import slugify
 from toolkit.sweep.space import Param, base_recipe, parse_space, trial_recipe
@@ -61,7 +62,19 @@ class SweepPlan:
     def signature(self) -> dict[str, Any]:
         """What a study must have been started with for another invocation to join it."""
         return {"metric": self.metric, "direction": self.direction, "grid": self.grid, "folds": self.folds,
-                "space": {p.key: p.as_dict() for p in self.params}, "base": self.base.to_toml()}
+                "space": {p.key: p.as_dict() for p in self.params}, "base": _portable(self.base)}
+
+
+def _portable(recipe: Recipe) -> dict[str, Any]:
+    """The recipe without its file paths, which differ between machines that work on one study."""
+    raw = recipe_to_dict(recipe)
+    for section in dataclasses.fields(recipe):
+        value = getattr(recipe, section.name)
+        if dataclasses.is_dataclass(value) and section.name in raw:
+            for f in dataclasses.fields(value):
+                if f.metadata.get("path"):
+                    raw[section.name].pop(f.name, None)
+    return raw
 
 
 def _fold_count(recipe: Recipe, folds: str) -> int | None:
