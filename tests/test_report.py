@@ -365,3 +365,26 @@ def test_a_named_single_head_is_compared_with_an_ensemble_and_resamples_must_be_
     assert report.changes[ens.id].baseline == species.id and sig is not None and sig.verdict == "better"
     with pytest.raises(UsageError, match="resamples"):
         build_report([str(root / "*")], runs_root=root, resamples=0)
+
+
+def test_top_loss_explanations_are_embedded_and_only_from_their_folder(tmp_path, runs):
+    from toolkit.report.experiment_views import explanation_cards
+    from toolkit.store.exports import write_explanations
+
+    root, r = runs
+    folder = r["focal"].explain_dir()
+    folder.mkdir(parents=True)
+    Image.new("RGB", (30, 20), (200, 30, 30)).save(folder / "0000.png")
+    (folder / "fake.png").write_text("<script>alert(1)</script>")  # not a PNG: never embedded
+    outside = tmp_path / "outside.png"
+    Image.new("RGB", (8, 8)).save(outside)
+    item = {"label": HOSTILE, "pred": "cat", "prob_label": 0.01, "prob_pred": 0.97, "path": "img/000001.png"}
+    write_explanations(folder, {"method": "gradcam", "items": [
+        {**item, "png": "0000.png"}, {**item, "png": "fake.png"}, {**item, "png": "../../../outside.png"},
+        {**item, "png": str(outside)}]})
+    report = build_report([str(root / "*")], runs_root=root, resamples=50)
+    entry = next(e for e in report.entries if e.id == r["focal"].id)
+    cards = explanation_cards(entry)
+    assert len(cards) == 1 and cards[0]["uri"].startswith("data:image/png;base64,")
+    page = write_report(report, tmp_path / "r.html").read_text()
+    assert "Grad-CAM of the top losses" in page and HOSTILE not in page

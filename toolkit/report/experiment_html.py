@@ -25,6 +25,7 @@ from toolkit.report.experiment_views import (
     RunView,
     Thumbnails,
     ensemble_view,
+    explanation_cards,
     head_view,
     headline,
     image_root,
@@ -46,6 +47,7 @@ svg.chart { max-width: 100%; height: auto; border: 1px solid #eee; margin: 4px; 
 .losses { display: flex; flex-wrap: wrap; gap: 8px; }
 .loss { width: 150px; font-size: 12px; border: 1px solid #ddd; padding: 4px; overflow-wrap: anywhere; }
 .loss img { display: block; width: 112px; height: 112px; object-fit: contain; margin: 0 auto; }
+.loss.cam { width: 320px; } .loss.cam img { width: 310px; height: auto; }
 .missing { width: 112px; height: 112px; margin: 0 auto; background: #eee; color: #a33; display: flex;
            align-items: center; justify-content: center; text-align: center; font-size: 11px; }
 table.cm td { text-align: right; min-width: 2.5em; }
@@ -131,6 +133,9 @@ every interval excludes 0.</p>
 {% if t.thumb %}<img src="{{ t.thumb }}" alt="{{ t.path }}" title="{{ t.path }}">{% else %}<div class="missing">missing: {{ t.missing }}</div>{% endif %}
 <div>{{ t.path }}</div><div>given <b>{{ t.label }}</b> ({{ '%.3f'|format(t.p_label) }})</div>
 <div>predicted <b>{{ t.pred }}</b> ({{ '%.3f'|format(t.p_pred) }})</div></div>{% endfor %}</div>
+{% if loop.first and v.explanations %}<h4>Where the model looked: Grad-CAM of the top losses (clsctl explain)</h4>
+<div class="losses">{% for x in v.explanations %}<div class="loss cam"><img src="{{ x.uri }}" alt="{{ x.path }}" title="{{ x.path }}">
+<div>{{ x.path }}</div><div>given <b>{{ x.label }}</b> ({{ x.p_label }})</div><div>predicted <b>{{ x.pred }}</b> ({{ x.p_pred }})</div></div>{% endfor %}</div>{% endif %}
 <h4>Calibration{% if h.ece is not none %}: ECE {{ '%.4f'|format(h.ece) }}{% endif %}</h4>
 {{ h.reliability }}
 {% endfor %}
@@ -204,6 +209,7 @@ def render_experiment(report: ExperimentReport, target: Path) -> tuple[str, dict
                     view.heads.append(head_view(rows, root=root, thumbs=thumbs))
             if e.kind == "ensemble":
                 view.ensemble = _ensemble_rows(ensemble_view(e, report.metric))
+            view.explanations = explanation_cards(e)
             e.release()  # every comparison is made; the page needs only the view from here on
             views.append(view)
         else:

@@ -97,6 +97,7 @@ class RunView:
     heads: list[HeadView] = field(default_factory=list)
     curves: list[Markup] = field(default_factory=list)
     ensemble: dict[str, Any] | None = None
+    explanations: list[dict[str, Any]] = field(default_factory=list)
     headline: list[tuple[str, str]] = field(default_factory=list)
     link: str | None = None
 
@@ -342,3 +343,49 @@ def _outside_parent(entry: Entry, pid: str) -> Entry | None:
         return None
     return Entry(id=pid, kind=str(info.get("kind") or ""), status="", path=folder, run=run, info=info,
                  parents=[str(p) for p in info.get("parents") or []])
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def explanation_cards(entry: Entry, limit: int = TOP_LOSSES) -> list[dict[str, Any]]:
+    """The run's top-loss Grad-CAM pictures (``clsctl explain --top-losses``) as captioned ``data:`` URIs.
+
+    Only PNG files inside the explanation folder are embedded: the index is read from the run folder
+    and is not trusted to name files elsewhere.
+    """
+    if entry.run is None or entry.kind != "train":
+        return []
+    from toolkit.errors import ToolkitError
+    from toolkit.report.html import data_uri
+    from toolkit.store.exports import read_explanations
+
+    try:
+        folder = entry.run.explain_dir()
+        index = read_explanations(folder)
+    except (ToolkitError, OSError, ValueError, TypeError, KeyError):
+        return []
+    if not index:
+        return []
+    cards = []
+    inside = folder.resolve()
+    for item in index.get("items", [])[:limit]:
+        if not isinstance(item, Mapping):
+            continue
+        png = Path(str(item.get("png", ""))).resolve()
+        try:
+            if not png.is_relative_to(inside) or not png.is_file():
+                continue
+            data = png.read_bytes()
+        except OSError:
+            continue
+        if not data.startswith(_PNG_SIGNATURE):
+            continue
+        cards.append({"uri": data_uri(data), "path": str(item.get("path", "")), "label": str(item.get("label", "")),
+                      "pred": str(item.get("pred", "")), "p_label": _prob(item.get("prob_label")),
+                      "p_pred": _prob(item.get("prob_pred"))})
+    return cards
+
+
+def _prob(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, int | float) and not isinstance(value, bool) else ""
