@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import warnings
 from dataclasses import dataclass, field
@@ -117,8 +118,14 @@ def run_sweep(recipe: Recipe, *, study: str | None = None, storage: str | os.Pat
             shown.log(f"study {plan.study} already has {done} finished trial(s) (sweep.trials = {plan.trials}): "
                       "nothing to run; pass --trials N to run more")
         else:
-            opened.optimize(worker, timeout=plan.timeout, callbacks=[worker.after_trial],
-                            catch=(TrainingError, RecipeError), gc_after_trial=True)
+            try:
+                opened.optimize(worker, timeout=plan.timeout, callbacks=[worker.after_trial],
+                                catch=(TrainingError, RecipeError), gc_after_trial=True)
+            except SystemExit as exc:
+                # The trial's run took the SIGTERM: the sweep run is interrupted too, not failed.
+                if exc.code == 128 + signal.SIGTERM and run.refresh().status is RunStatus.RUNNING:
+                    run.set_status(RunStatus.INTERRUPTED, "interrupted by SIGTERM")
+                raise
         summary = study_summary(opened, plan, ran=worker.ran)
         run.update_summary(summary)
         files = {}
@@ -229,12 +236,16 @@ class _Worker:
                 trained = train(recipe, runs_root=self.root, name=f"{plan.study}-t{trial.number}",
                                 folds=None if resume is not None else plan.folds, resume=resume,
                                 callbacks=[reporter], progress=self.progress, parents=[self.run.id])
-        except KeyboardInterrupt:
-            # Optuna records it failed; a copy is queued with the run folder, so the next invocation
-            # continues it from its last epoch. (SIGTERM leaves the trial running: the heartbeat retries it.)
-            trial.set_user_attr("interrupted", True)
-            self.study.enqueue_trial(values, user_attrs=dict(trial.user_attrs))
+        except (KeyboardInterrupt, SystemExit) as exc:
+            if isinstance(exc, KeyboardInterrupt):
+                # Optuna records it failed; a copy is queued with the run folder, so the next invocation
+                # continues it from its last epoch. (SIGTERM leaves it running: the heartbeat check retries it.)
+                trial.set_user_attr("interrupted", True)
+                self.study.enqueue_trial(values, user_attrs=dict(trial.user_attrs))
             self._record(reporter, record, "interrupted", error="interrupted")
+            # Not the trainer's `clsctl train --resume`: that would finish the run outside the study.
+            exc.__notes__ = [f"run the same clsctl sweep again: it continues study {plan.study}, and trial "
+                             f"{trial.number} in its run folder"]
             raise
         except Exception as exc:
             trial.set_user_attr("error", str(exc))
