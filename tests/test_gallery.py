@@ -7,14 +7,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from browser import CHROMIUM, CHROMIUM_ARGS, chromium_playwright
 from PIL import Image
 
 from toolkit.errors import DataError, UsageError
 from toolkit.report.gallery import render_label_gallery
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 
 # Names a page that forgot to escape would turn into markup: a script, an entity, an attribute
 # break-out, non-ASCII, and an element whose error handler would mark the window.
@@ -112,14 +109,9 @@ def test_bad_input_is_refused_with_the_missing_column(gallery_data, tmp_path):
     assert not (tmp_path / "out" / "gallery.html").exists()
 
 
-def _sync_playwright():
-    if not CHROMIUM.is_file():
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
-    return pytest.importorskip("playwright.sync_api", reason="playwright is not installed").sync_playwright
-
 
 def test_page_in_headless_chromium(gallery_data, tmp_path):
-    sync_playwright = _sync_playwright()
+    sync_playwright = chromium_playwright()
     page_path = _render(gallery_data, tmp_path / "out")
     issues = gallery_data[0]
     flagged = issues[issues["is_label_issue"]].sort_values("rank")

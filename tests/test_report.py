@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from browser import CHROMIUM, CHROMIUM_ARGS, chromium_playwright
 from PIL import Image
 from rungen import BASE_RECIPE, merged, probabilities, train_run
 
@@ -20,9 +21,6 @@ from toolkit.report.experiment import build_report
 from toolkit.report.experiment_html import write_report
 from toolkit.store import RunStore
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 HOSTILE = "<img src=x onerror=alert(1)>"
 N, FOLDS = 2000, 5
 
@@ -230,14 +228,9 @@ def test_cli_writes_the_page_and_escapes_every_name(tmp_path, capsys):
     assert "missing:" in page  # the deleted image is named, not drawn broken
 
 
-def _sync_playwright():
-    if not CHROMIUM.is_file():
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
-    return pytest.importorskip("playwright.sync_api", reason="playwright is not installed").sync_playwright
-
 
 def test_page_in_headless_chromium(tmp_path, runs):
-    sync_playwright = _sync_playwright()
+    sync_playwright = chromium_playwright()
     root, a, eda = _image_runs(tmp_path / "img")
     synth_root, _ = runs
     report = build_report([str(root / "*"), str(eda), str(synth_root / "*")], resamples=100)

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from faultkit import one_line, run_folders
 from imagegen import make_imagefolder, write_recipe
 from PIL import Image
 
@@ -71,19 +72,6 @@ def break_in_place(path: Path) -> None:
     assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
 
 
-def _one_line(capsys, code: int, *needles: str) -> str:  # noqa: ANN001
-    """The one stderr line of a refused command (exit 2); it holds every needle."""
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith("error: ") and " — " in err, err
-    for needle in needles:
-        assert needle in err, (needle, err)
-    return err
-
-
-def _runs(folder: Path) -> list[Path]:
-    return [p for p in folder.iterdir() if p.is_dir()] if folder.exists() else []
 
 
 # --------------------------------------------------------------------------- training
@@ -109,9 +97,9 @@ def test_every_unreadable_image_is_named_before_training_when_the_warm_up_is_ski
     bad = spoil(root)
     recipe = write_recipe(tmp_path / "r.toml", root, data=data)
     code = cli(["train", "--recipe", str(recipe), "--runs", str(tmp_path / "runs"), "--folds", "0"])
-    err = _one_line(capsys, code, "4 unreadable image(s)", *bad, 'data.on_bad_image = "skip"')
+    err = one_line(capsys, code, "4 unreadable image(s)", *bad, 'data.on_bad_image = "skip"')
     assert "truncated" in err and "file is empty" in err and "not an image" in err
-    assert _runs(tmp_path / "runs") == []  # found before the run folder, so before any training
+    assert run_folders(tmp_path / "runs") == []  # found before the run folder, so before any training
 
 
 def test_skip_trains_without_the_unreadable_images_and_records_them(tmp_path):
@@ -137,7 +125,7 @@ def test_skip_that_would_empty_a_class_is_refused(tmp_path):
     recipe = load_recipe(write_recipe(tmp_path / "r.toml", root, data={"on_bad_image": "skip"}))
     with pytest.raises(DataError, match="leaves class.* blue .*without an image"):
         train(recipe, runs_root=tmp_path / "runs", folds="0", progress=False)
-    assert _runs(tmp_path / "runs") == []
+    assert run_folders(tmp_path / "runs") == []
 
 
 def test_an_image_broken_after_the_cache_was_filled_is_found_before_training(tmp_path, capsys):
@@ -152,8 +140,8 @@ def test_an_image_broken_after_the_cache_was_filled_is_found_before_training(tmp
         loader.load(path)  # the cache holds every image, as after an earlier run
     break_in_place(root / "red/003.png")
     code = cli(["train", "--recipe", str(recipe), "--runs", str(tmp_path / "runs"), "--folds", "0"])
-    _one_line(capsys, code, "1 unreadable image(s)", "red/003.png", "corrupt")
-    assert _runs(tmp_path / "runs") == []
+    one_line(capsys, code, "1 unreadable image(s)", "red/003.png", "corrupt")
+    assert run_folders(tmp_path / "runs") == []
 
 
 @pytest.mark.parametrize("how", ["replaced", "rewritten"])
@@ -206,7 +194,7 @@ def _test_folder(folder: Path) -> list[str]:
 def test_predict_names_every_unreadable_image_and_writes_nothing(finished, tmp_path, capsys):
     bad = _test_folder(tmp_path / "test")
     code = cli(["predict", str(finished.path), str(tmp_path / "test"), "-n", "t"])
-    _one_line(capsys, code, "4 unreadable image(s)", *bad)
+    one_line(capsys, code, "4 unreadable image(s)", *bad)
     assert not (finished.path / "predictions").exists()
 
 

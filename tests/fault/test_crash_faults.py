@@ -38,19 +38,6 @@ VOLATILE = ("seconds", "train_img_s", "train_s", "data_wait_s")
 FOLDS = "0,2"  # of a three-fold split: a resumed run must end with exactly these folds
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory) -> Path:
-    return make_imagefolder(tmp_path_factory.mktemp("crash") / "train", per_class=8, size=16)
-
-
 @pytest.fixture(scope="module")
 def recipe(images, tmp_path_factory) -> Path:
     """24 images, three folds, two epochs of four batches: every kill point is reached in seconds."""

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import tomli_w
+from faultkit import one_line
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from imagegen import make_imagefolder, write_recipe
@@ -51,16 +52,6 @@ class _Evil:
 def _evil_pickle(path: Path, marker: Path) -> None:
     path.write_bytes(pickle.dumps(_Evil(marker)))
 
-
-def _one_line(capsys, code: int, *needles: str) -> str:  # noqa: ANN001
-    """The one stderr line of a refused command; it holds every needle."""
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith("error: ") and " — " in err, err
-    for needle in needles:
-        assert needle in err, (needle, err)
-    return err
 
 
 def _no_run(runs: Path) -> bool:
@@ -117,8 +108,8 @@ def _copy(run: Run, dest: Path) -> Run:
 def test_a_binary_recipe_file_is_one_line_naming_it(tmp_path, capsys):
     path = tmp_path / "r.toml"
     path.write_bytes(bytes(range(256)) * 4)
-    _one_line(capsys, cli(["recipe", "show", str(path)]), str(path), "UTF-8")
-    _one_line(capsys, cli(["train", "--recipe", str(path), "--runs", str(tmp_path / "runs")]), str(path))
+    one_line(capsys, cli(["recipe", "show", str(path)]), str(path), "UTF-8")
+    one_line(capsys, cli(["train", "--recipe", str(path), "--runs", str(tmp_path / "runs")]), str(path))
     assert _no_run(tmp_path / "runs")
 
 
@@ -135,12 +126,12 @@ def test_extends_that_is_empty_or_a_folder_says_so(tmp_path, capsys, extends, ne
     (tmp_path / "sub").mkdir()
     path = tmp_path / "r.toml"
     path.write_text(f'extends = "{extends}"\n')
-    err = _one_line(capsys, cli(["recipe", "show", str(path)]), str(path), needle)
+    err = one_line(capsys, cli(["recipe", "show", str(path)]), str(path), needle)
     assert "does not exist" not in err
 
 
 def test_a_recipe_that_is_a_folder_says_so(tmp_path, capsys):
-    err = _one_line(capsys, cli(["recipe", "show", str(tmp_path)]), str(tmp_path), "is a folder")
+    err = one_line(capsys, cli(["recipe", "show", str(tmp_path)]), str(tmp_path), "is a folder")
     assert "does not exist" not in err
 
 
@@ -167,7 +158,7 @@ def test_a_recipe_that_is_a_folder_says_so(tmp_path, capsys):
 def test_a_bad_value_fails_in_one_line_before_any_run_folder(recipe, tmp_path, capsys, override, key):
     runs = tmp_path / "runs"
     code = cli(["train", "--recipe", str(recipe), "--set", override, "--folds", "0", "--runs", str(runs)])
-    err = _one_line(capsys, code, key)
+    err = one_line(capsys, code, key)
     assert "learning rate" not in err or key == "optim.lr"  # std = 0 once blamed the learning rate
     assert _no_run(runs)
 
@@ -195,7 +186,7 @@ def test_data_std_of_zero_is_refused_with_mean_set_too(recipe, tmp_path, capsys)
     runs = tmp_path / "runs"
     code = cli(["train", "--recipe", str(recipe), "--set", "data.std=[0, 0, 0]", "--set", "data.mean=[0.5, 0.5, 0.5]",
                 "--folds", "0", "--runs", str(runs)])
-    err = _one_line(capsys, code, "data.std")
+    err = one_line(capsys, code, "data.std")
     assert "optim.lr" not in err
     assert _no_run(runs)
 
@@ -208,7 +199,7 @@ def test_dataset_statistics_that_cannot_be_used_fail_before_any_run_folder(recip
         stats_file.write_text(stats)
     code = cli(["train", "--recipe", str(recipe), "--set", 'data.normalize="dataset"',
                 "--set", f'data.stats_file="{stats_file}"', "--folds", "0", "--runs", str(runs)])
-    _one_line(capsys, code, str(stats_file))
+    one_line(capsys, code, str(stats_file))
     assert _no_run(runs)
 
 
@@ -224,12 +215,12 @@ def test_pretrained_file_that_holds_no_weights_fails_before_any_run_folder(recip
     runs = tmp_path / "runs"
     code = cli(["train", "--recipe", str(recipe), "--set", "model.pretrained=true", "--set",
                 f'model.pretrained_file="{weights}"', "--folds", "0", "--runs", str(runs)])
-    _one_line(capsys, code, "model.pretrained_file", str(weights))
+    one_line(capsys, code, "model.pretrained_file", str(weights))
     assert _no_run(runs) and not marker.exists()
 
 
 @pytest.mark.parametrize("content", ["text", "empty", "pickle"])
-def test_a_checkpoint_that_is_not_safetensors_is_one_line(finished, images, tmp_path, capsys, content):
+def test_a_checkpoint_that_is_not_safetensors_isone_line(finished, images, tmp_path, capsys, content):
     run = _copy(finished, tmp_path)
     checkpoint, marker = run.checkpoint_path(0), tmp_path / "executed"
     if content == "pickle":
@@ -237,7 +228,7 @@ def test_a_checkpoint_that_is_not_safetensors_is_one_line(finished, images, tmp_
     else:
         checkpoint.write_text("not weights" if content == "text" else "")
     code = cli(["predict", str(run.path), str(images), "--workers", "0"])
-    _one_line(capsys, code, "folds/0/model.safetensors")
+    one_line(capsys, code, "folds/0/model.safetensors")
     assert not marker.exists() and not (run.path / "predictions").exists()
 
 
@@ -249,20 +240,20 @@ def test_a_checkpoint_that_is_not_safetensors_is_one_line(finished, images, tmp_
     '{"arch": "test_efficientnet_gn", "heads": ["label"], "classes": {"other": ["a"]}, "mean": [0.5, 0.5, 0.5],'
     ' "std": [0.5, 0.5, 0.5], "image_size": 32}',
 ])
-def test_a_malformed_model_json_is_one_line(finished, images, tmp_path, capsys, text):
+def test_a_malformed_model_json_isone_line(finished, images, tmp_path, capsys, text):
     run = _copy(finished, tmp_path)
     run.checkpoint_path(0).with_suffix(".json").write_text(text)
     code = cli(["predict", str(run.path), str(images), "--workers", "0"])
-    _one_line(capsys, code, "model.json")
+    one_line(capsys, code, "model.json")
     assert not (run.path / "predictions").exists()
 
 
 # --------------------------------------------------------------------------- resume
-def test_a_pickled_optimizer_state_is_refused_in_one_line(interrupted, tmp_path, capsys):
+def test_a_pickled_optimizer_state_is_refused_inone_line(interrupted, tmp_path, capsys):
     run, marker = _copy(interrupted, tmp_path), tmp_path / "executed"
     _evil_pickle(run.fold_state_dir(0) / "optimizer.bin", marker)
     code = cli(["train", "--resume", str(run.path)])
-    _one_line(capsys, code, "optimizer.bin", "folds/0")
+    one_line(capsys, code, "optimizer.bin", "folds/0")
     assert not marker.exists()
     assert Run(run.path).status == "interrupted"  # refused before the run was marked running
 
@@ -283,7 +274,7 @@ def test_resuming_a_split_run_says_it_is_a_split_run(images, tmp_path, capsys):
     assert cli(["split", str(images), "--folds", "2", "--runs", str(runs)]) == 0
     capsys.readouterr()
     (path,) = runs.iterdir()
-    err = _one_line(capsys, cli(["train", "--resume", path.name, "--runs", str(runs)]), "split", "data.manifest")
+    err = one_line(capsys, cli(["train", "--resume", path.name, "--runs", str(runs)]), "split", "data.manifest")
     assert "no recipe.toml" not in err
 
 
@@ -293,9 +284,9 @@ def test_resuming_a_split_run_says_it_is_a_split_run(images, tmp_path, capsys):
     (["--set", "data.image_size=0"], "data.image_size"), (["--set", "aug.crop_pct=0", "--views", "2"], "aug.crop_pct"),
     (["--set", "aug.scale=[0.5]", "--set", "aug.resize=random_resized_crop"], "aug.scale"),
 ])
-def test_aug_preview_refuses_bad_options_in_one_line(images, tmp_path, capsys, args, needle):
+def test_aug_preview_refuses_bad_options_inone_line(images, tmp_path, capsys, args, needle):
     out = tmp_path / "preview.png"
-    _one_line(capsys, cli(["aug", "preview", str(images), "-o", str(out), *args]), needle)
+    one_line(capsys, cli(["aug", "preview", str(images), "-o", str(out), *args]), needle)
     assert not out.exists()
 
 

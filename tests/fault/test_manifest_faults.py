@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from faultkit import one_line, run_folders
 from imagegen import make_imagefolder, write_recipe
 
 from toolkit.cli.main import run as cli
@@ -29,19 +30,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 CLASSES = ("blue", "green", "red")
 
 
-def _one_line(capsys, code: int, *needles: str, exit_code: int = 2) -> str:  # noqa: ANN001
-    """The one stderr line of a refused command; it holds every needle."""
-    err = capsys.readouterr().err.strip()
-    assert code == exit_code, err
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith("error: ") and " — " in err, err
-    for needle in needles:
-        assert needle in err, (needle, err)
-    return err
-
-
-def _runs(folder: Path) -> list[Path]:
-    return [p for p in folder.iterdir() if p.is_dir()] if folder.exists() else []
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +72,8 @@ def test_a_malformed_manifest_is_one_line_and_leaves_no_run(images, tmp_path, ca
     manifest.write_bytes(content)
     recipe = write_recipe(tmp_path / "r.toml", images, data={"manifest": str(manifest), "root": str(images)})
     code = cli(["train", "--recipe", str(recipe), "--runs", str(tmp_path / "runs"), "--folds", "0"])
-    _one_line(capsys, code, str(manifest), needle)
-    assert _runs(tmp_path / "runs") == []
+    one_line(capsys, code, str(manifest), needle)
+    assert run_folders(tmp_path / "runs") == []
 
 
 @pytest.mark.parametrize("case", ["empty_file", "header_only", "latin1", "utf16", "binary", "duplicate_paths"])
@@ -94,8 +82,8 @@ def test_split_of_a_malformed_manifest_is_one_line_and_records_nothing(images, t
     manifest = tmp_path / "m.csv"
     manifest.write_bytes(content)
     code = cli(["split", str(manifest), "--root", str(images), "--runs", str(tmp_path / "runs")])
-    _one_line(capsys, code, str(manifest), needle)
-    assert _runs(tmp_path / "runs") == []
+    one_line(capsys, code, str(manifest), needle)
+    assert run_folders(tmp_path / "runs") == []
 
 
 def test_manifests_that_are_fine_load(images, tmp_path):
@@ -120,11 +108,11 @@ def finished(images, tmp_path_factory) -> Run:
     return run
 
 
-def test_predict_with_a_label_the_run_does_not_know_is_one_line(finished, images, tmp_path, capsys):
+def test_predict_with_a_label_the_run_does_not_know_isone_line(finished, images, tmp_path, capsys):
     manifest = tmp_path / "test.csv"
     manifest.write_text("path,label\nred/000.png,red\nred/001.png,purple\nblue/000.png,blue\n")
     code = cli(["predict", str(finished.path), str(manifest), "--root", str(images), "-n", "t"])
-    _one_line(capsys, code, str(manifest), "class name(s) the run does not know: purple", "blue, green, red")
+    one_line(capsys, code, str(manifest), "class name(s) the run does not know: purple", "blue, green, red")
     assert not (finished.path / "predictions").exists()
 
 
@@ -157,7 +145,7 @@ def test_a_sample_submission_that_does_not_fit_is_one_line_and_nothing_is_writte
     sample.write_bytes(content)
     code = cli(["predict", str(finished.path), str(manifest), "--root", str(images), "-n", "s",
                 "--sample-submission", str(sample)])
-    _one_line(capsys, code, str(sample), needle)
+    one_line(capsys, code, str(sample), needle)
     assert not (finished.path / "predictions").exists()
 
 
@@ -175,13 +163,13 @@ def test_split_hashes_of_another_data_set_say_they_cover_none(images, tmp_path, 
     other = make_imagefolder(tmp_path / "other", per_class=3, size=16, classes={"cat": (90, 90, 90), "dog": (9, 9, 9)})
     hashes = _hash_table(other, tmp_path / "hashes.parquet")
     code = cli(["split", str(images), "--hashes", str(hashes), "--runs", str(tmp_path / "runs")])
-    _one_line(capsys, code, str(hashes), "covers none of the manifest's 18 image(s)", "--dedup")
-    assert _runs(tmp_path / "runs") == []
+    one_line(capsys, code, str(hashes), "covers none of the manifest's 18 image(s)", "--dedup")
+    assert run_folders(tmp_path / "runs") == []
 
     pairs = tmp_path / "pairs.csv"  # a pair table of the other data set
     pd.DataFrame({"a": ["cat/000.png"], "b": ["cat/001.png"], "kind": ["exact"], "distance": [0]}).to_csv(pairs, index=False)
     code = cli(["split", str(images), "--hashes", str(pairs), "--runs", str(tmp_path / "runs")])
-    _one_line(capsys, code, str(pairs), "none of its 1 duplicate pair(s) names an image of the manifest")
+    one_line(capsys, code, str(pairs), "none of its 1 duplicate pair(s) names an image of the manifest")
 
 
 def test_split_hashes_that_miss_some_images_say_how_many(images, tmp_path, capsys):
@@ -189,8 +177,8 @@ def test_split_hashes_that_miss_some_images_say_how_many(images, tmp_path, capsy
     table = pd.read_parquet(hashes)
     table[~table["path"].str.startswith("red/00")].to_parquet(tmp_path / "some.parquet", index=False)
     code = cli(["split", str(images), "--hashes", str(tmp_path / "some.parquet"), "--runs", str(tmp_path / "runs")])
-    _one_line(capsys, code, "covers 12 of the manifest's 18 image(s); 6 have no hash (red/000.png")
-    assert _runs(tmp_path / "runs") == []
+    one_line(capsys, code, "covers 12 of the manifest's 18 image(s); 6 have no hash (red/000.png")
+    assert run_folders(tmp_path / "runs") == []
     # an eda run of the same data (here its table) is accepted, and the audit reports on it
     assert cli(["split", str(images), "--hashes", str(hashes), "--runs", str(tmp_path / "runs")]) == 0
     assert "audit: 0 of 0 duplicate pair(s)" in capsys.readouterr().out
@@ -242,7 +230,7 @@ def test_pretrained_weights_with_no_network_fail_in_seconds_naming_the_fix(image
     start = time.perf_counter()
     code = cli(["train", "--recipe", str(recipe), "--runs", str(tmp_path / "runs")])
     elapsed = time.perf_counter() - start
-    _one_line(capsys, code, "resnet18", 'model.pretrained_file = "path/to/weights.safetensors"',
+    one_line(capsys, code, "resnet18", 'model.pretrained_file = "path/to/weights.safetensors"',
               "model.pretrained = false", exit_code=1)
     assert elapsed < 5, elapsed
-    assert _runs(tmp_path / "runs") == []
+    assert run_folders(tmp_path / "runs") == []

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 from imagegen import make_imagefolder, write_recipe
 
 from toolkit.cli.main import run as cli
@@ -22,19 +21,6 @@ from toolkit.store import Run
 from toolkit.train import Callback, train
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory) -> Path:
-    return make_imagefolder(tmp_path_factory.mktemp("imgs") / "train", per_class=8, size=16)
 
 
 class _Interrupt(Callback):

@@ -50,6 +50,8 @@ def _print(result: Any) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from toolkit.report.experiment import format_duration
+
     console = Console(highlight=False, markup=False, width=None if Console().is_terminal else 200)
     m = result.metric
     board = Table("#", "run", "kind", "status", "model", "size", "loss", "epochs", "folds", f"CV {m}",
@@ -61,7 +63,7 @@ def _print(result: Any) -> None:
                       row["epochs"], str(row["folds"]),
                       "" if cv is None else f"{cv[0]:.4f} ± {cv[1]:.4f}" + (" so far" if row["partial"] else ""),
                       "" if acc is None else f"{acc[0]:.4f} ± {acc[1]:.4f}",
-                      "" if row["oof"] is None else f"{row['oof']:.4f}", _duration(row["seconds"]), row["versus"])
+                      "" if row["oof"] is None else f"{row['oof']:.4f}", format_duration(row["seconds"]), row["versus"])
     console.print(board)
     changed = [c for c in result.changes.values() if c.baseline is not None]
     if changed:
@@ -93,9 +95,3 @@ def _v(value: Any) -> str:
 def _interval(i: Any) -> str:
     return "n/a" if i is None else f"[{i.low:+.4f}, {i.high:+.4f}]"
 
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    s = int(round(seconds))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"

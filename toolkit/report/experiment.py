@@ -25,7 +25,7 @@ from toolkit.progress import Progress, as_progress
 from toolkit.report.compare import Significance, align, compare_paired, recipe_diff
 from toolkit.report.entries import Entry, load_entries
 
-__all__ = ["Change", "ExperimentReport", "build_report"]
+__all__ = ["Change", "ExperimentReport", "build_report", "format_duration"]
 
 #: Kinds that have a score on OOF rows.
 SCORED_KINDS = ("train", "ensemble")
@@ -91,6 +91,14 @@ class ExperimentReport:
                 "baseline": change.baseline if change is not None else None, "versus": _versus(change),
             })
         return rows
+
+
+def format_duration(seconds: float | None) -> str:
+    """A wall time as ``42s``, ``7m 36s`` or ``2h 05m``; empty when unknown."""
+    if seconds is None:
+        return ""
+    s = int(round(seconds))
+    return f"{s // 3600}h {s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m {s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 def _versus(change: Change | None) -> str:

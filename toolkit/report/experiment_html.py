@@ -20,7 +20,7 @@ from markupsafe import Markup
 
 from toolkit.errors import UsageError
 from toolkit.report.charts import ZOOM_HINT, ZOOM_SCRIPT
-from toolkit.report.experiment import ExperimentReport, build_report
+from toolkit.report.experiment import ExperimentReport, build_report, format_duration
 from toolkit.report.experiment_views import (
     RunView,
     Thumbnails,
@@ -162,13 +162,6 @@ def _signed(x: float | None) -> str:
     return "n/a" if x is None else f"{x:+.4f}"
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    s = int(round(seconds))
-    return f"{s // 3600}h {s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m {s % 60:02d}s" if s >= 60 else f"{s}s"
-
-
 def _interval(i: Any) -> str:
     if i is None:
         return "n/a"
@@ -223,7 +216,7 @@ def render_experiment(report: ExperimentReport, target: Path) -> tuple[str, dict
         board.append({**row, "anchor": anchors[id(row["entry"])],
                       "cv_text": "" if cv is None else f"{cv[0]:.4f} ± {cv[1]:.4f}" + (" (so far)" if row["partial"] else ""),
                       "acc_text": "" if acc is None else f"{acc[0]:.4f} ± {acc[1]:.4f}",
-                      "oof_text": _f(row["oof"]), "time": _duration(row["seconds"]), "verdict": row["versus"],
+                      "oof_text": _f(row["oof"]), "time": format_duration(row["seconds"]), "verdict": row["versus"],
                       "verdict_class": sig.replace(" ", "-") if sig else ""})
 
     changes = []
