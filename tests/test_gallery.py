@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from browser import CHROMIUM, CHROMIUM_ARGS, chromium_playwright
+from browser import CHROMIUM, CHROMIUM_ARGS, chromium_playwright, watch
 from PIL import Image
 
 from toolkit.errors import DataError, UsageError
@@ -116,15 +116,11 @@ def test_page_in_headless_chromium(gallery_data, tmp_path):
     issues = gallery_data[0]
     flagged = issues[issues["is_label_issue"]].sort_values("rank")
 
-    console_errors, page_errors, dialogs, requests = [], [], [], []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()
-            page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: page_errors.append(str(e)))
-            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-            page.on("request", lambda r: requests.append(r.url))
+            seen = watch(page)
             page.goto(page_path.as_uri(), wait_until="load")
 
             images = page.evaluate("Array.from(document.images, i => [i.getAttribute('src'), i.complete, i.naturalWidth])")
@@ -139,10 +135,10 @@ def test_page_in_headless_chromium(gallery_data, tmp_path):
         finally:
             browser.close()
 
-    assert console_errors == [] and page_errors == [] and dialogs == []
+    assert seen["console"] == [] and seen["errors"] == [] and seen["dialogs"] == []
     assert xss == "undefined"
     assert len(images) == 10 and all(done and width > 0 for _, done, width in images), images
-    assert all(url.startswith("file://") for url in requests), requests
+    assert all(url.startswith("file://") for url in seen["requests"]), seen["requests"]
     assert given == flagged["label"].tolist() and suggested == flagged["suggested_label"].tolist()
     assert paths == flagged["path"].tolist() and HOSTILE_FILE in paths
     assert class_cells == set(CLASSES)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from browser import CHROMIUM, CHROMIUM_ARGS, chromium_playwright
+from browser import CHROMIUM, CHROMIUM_ARGS, chromium_playwright, watch
 from PIL import Image
 from rungen import BASE_RECIPE, merged, probabilities, train_run
 
@@ -236,15 +236,11 @@ def test_page_in_headless_chromium(tmp_path, runs):
     report = build_report([str(root / "*"), str(eda), str(synth_root / "*")], resamples=100)
     out = write_report(report, tmp_path / "report.html")
 
-    errors, dialogs, requests = [], [], []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1300, "height": 900})
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-            page.on("request", lambda r: requests.append(r.url))
+            seen = watch(page)
             page.goto(out.as_uri(), wait_until="load")
             images = page.evaluate("Array.from(document.images, i => [i.complete, i.naturalWidth])")
             charts = page.evaluate("document.querySelectorAll('svg.chart').length")
@@ -259,9 +255,9 @@ def test_page_in_headless_chromium(tmp_path, runs):
             page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
         finally:
             browser.close()
-    assert errors == [] and dialogs == []
+    assert seen["console"] == [] and seen["errors"] == [] and seen["dialogs"] == []
     assert images and all(done and width > 0 for done, width in images)
-    assert all(url.startswith(("file://", "data:")) for url in requests), requests
+    assert all(url.startswith(("file://", "data:")) for url in seen["requests"]), seen["requests"]
     assert charts >= 6
     assert HOSTILE in text  # shown as text, not run as markup
     box = [float(x) for x in before.split()]
