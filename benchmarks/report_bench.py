@@ -24,7 +24,6 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 import numpy as np  # noqa: E402
-
 from rungen import BASE_RECIPE, merged, probabilities, train_run  # noqa: E402
 
 CHANGES = [{}, {"loss.name": "focal"}, {"optim.lr": 3e-4}, {"data.image_size": 64},
