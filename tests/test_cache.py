@@ -153,3 +153,49 @@ def test_warm_stays_in_process_for_few_images_or_one_core(tmp_path):
     result = warm_cache(DecodedImageCache(tmp_path / "cache", short_side=24), paths, processes=2, min_missing=1,
                         chunk=4)
     assert (result.decoded, result.processes) == (10, 2)
+
+
+def _folder_bytes(root) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*.npy") if not p.name.startswith("."))
+
+
+def test_disk_budget_is_never_exceeded_and_evicts_the_least_recently_used(tmp_path):
+    srcs = [_png(tmp_path / f"{i}.png", 32, 32, seed=i) for i in range(60)]
+    entry = 32 * 32 * 3 + 128  # pixels and the .npy header
+    budget = 25 * entry
+    cache = DecodedImageCache(tmp_path / "cache", short_side=32, disk_gb=budget / 2**30)
+    for src in srcs:
+        cache.load(src)
+        assert _folder_bytes(tmp_path / "cache") <= budget
+    assert cache.evicted >= 35 and cache.misses == 60
+
+    # Last use decides, not first write. File times are coarse, so ages are set explicitly: the entry
+    # written first and unused longest is read once more, and must then be the one that survives.
+    kept = [s for s in srcs if cache.has(s)]
+    now = time.time_ns()
+    for rank, src in enumerate(kept):
+        past = now - (len(kept) - rank) * 10**9
+        os.utime(cache.entry(src), ns=(past, past))
+    cache.load(kept[0])
+    assert cache.misses == 60
+    left = cache.enforce_budget(reserve=int(budget * 0.9) - entry)  # room for one entry
+    assert left == entry and cache.has(kept[0]) and not any(cache.has(s) for s in kept[1:])
+
+
+def test_disk_budget_holds_for_the_warm_up_pool_and_the_recipe_key(tmp_path, monkeypatch):
+    from toolkit.errors import RecipeError
+    from toolkit.imaging.cache import warm_cache
+
+    srcs = [_png(tmp_path / f"{i}.png", 24, 24, seed=i) for i in range(80)]
+    budget = 30 * (24 * 24 * 3 + 128)
+    cache = DecodedImageCache(tmp_path / "cache", short_side=24, disk_gb=budget / 2**30)
+    result = warm_cache(cache, srcs, processes=2, min_missing=1, chunk=8)
+    assert result.processes == 2 and result.decoded == 80 and not result.errors
+    assert 0 < _folder_bytes(tmp_path / "cache") <= budget
+
+    monkeypatch.setenv("CLSCTL_CACHE", str(tmp_path / "c"))
+    loader = make_image_loader(load_recipe(None, ["data.image_size=32", "data.cache_disk_gb=1.5"]))
+    assert isinstance(loader, DecodedImageCache) and loader.disk_budget == int(1.5 * 2**30)
+    assert make_image_loader(load_recipe(None, ["data.image_size=32"])).disk_budget is None
+    with pytest.raises(RecipeError, match="cache_disk_gb"):
+        load_recipe(None, ["data.cache_disk_gb=0"])

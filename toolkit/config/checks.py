@@ -58,6 +58,7 @@ LIMITS: dict[str, Range] = {
     "data.std": Range(gt=0, length=3, example="[0.229, 0.224, 0.225]"),  # pixels are divided by it
     "data.num_workers": Range(ge=0),
     "data.cache_ram_mb": Range(ge=0),
+    "data.cache_disk_gb": Range(gt=0, example="50"),
     "targets.head_weights": Range(ge=0),
     "split.folds": Range(ge=2, example="5"),
     "split.holdout": Range(gt=0, lt=1, example="0.2"),

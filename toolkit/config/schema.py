@@ -47,6 +47,7 @@ class DataConfig:
     cache: bool = _f(True, "decode each image once into an on-disk cache, downscaled to the largest size the recipe needs")
     cache_ram_mb: int = _f(2048, "decoded images also kept in memory by training, up to this many MiB per process (split among its loader workers; 0 = read the disk cache every time)")
     cache_dir: str | None = _f(None, "where the decoded cache lives; unset = $CLSCTL_CACHE/decoded (~/.cache/clsctl/decoded)", path=True)
+    cache_disk_gb: float | None = _f(None, "disk budget of the decoded cache folder in GiB, least recently used entries evicted first; unset = no limit")
     on_bad_image: Literal["fail", "skip"] = _f(
         "fail", "an image that cannot be decoded: `fail` before training starts, naming every such file, or `skip` "
         "its row (counted and listed in run.json as `bad_images`)")

@@ -32,6 +32,7 @@ class Preprocessing:
         in_chans: Input channels of the model.
         cache: Whether images are read through the decoded cache.
         cache_dir: The decoded cache's folder (None: the default under ``$CLSCTL_CACHE``).
+        cache_disk_gb: The decoded cache's disk budget in GiB (None: unbounded).
     """
 
     image_size: int
@@ -45,6 +46,7 @@ class Preprocessing:
     in_chans: int = 3
     cache: bool = True
     cache_dir: str | None = field(default=None, compare=False)  # where, not what: two folders give equal pixels
+    cache_disk_gb: float | None = field(default=None, compare=False)  # how much disk, not which pixels
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, mean: Sequence[float], std: Sequence[float]) -> Preprocessing:
@@ -54,7 +56,8 @@ class Preprocessing:
                    resize=aug.resize, crop_pct=float(aug.crop_pct), scale=(float(aug.scale[0]), float(aug.scale[1])),
                    intermediate_size=None if aug.intermediate_size is None else int(aug.intermediate_size),
                    mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std),
-                   in_chans=int(recipe.model.in_chans), cache=bool(data.cache), cache_dir=data.cache_dir)
+                   in_chans=int(recipe.model.in_chans), cache=bool(data.cache), cache_dir=data.cache_dir,
+                   cache_disk_gb=None if data.cache_disk_gb is None else float(data.cache_disk_gb))
 
     @property
     def cache_side(self) -> int:
@@ -73,7 +76,7 @@ class Preprocessing:
         """
         from toolkit.imaging.cache import image_loader
 
-        return image_loader(self.cache_side if self.cache else None, self.cache_dir, ram_mb)
+        return image_loader(self.cache_side if self.cache else None, self.cache_dir, ram_mb, self.cache_disk_gb)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready values."""

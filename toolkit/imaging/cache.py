@@ -10,15 +10,27 @@ each entry is written to a temporary file and moved into place. Entries read onc
 memory, up to ``data.cache_ram_mb`` per process, so later epochs skip even the file read (a changed
 file is still noticed: the in-memory copy is checked against the file's identity).
 
+With a disk budget (``data.cache_disk_gb``) the folder (every side together) is kept under it by
+evicting the least recently used entries: a disk hit moves its entry's modification time to now, and
+each writing process lists the folder at its first write and again whenever it has added its share
+of a twentieth of the budget, removing the oldest entries until the whole is at most nine tenths of
+it. Whatever the writers do between listings then adds at most that twentieth, so the folder stays
+under the budget as long as the writers are counted right: the processes of :func:`warm_cache`'s pool
+and the workers of a DataLoader are (more processes than that, e.g. several DDP ranks, each add their
+own share). Listing only that often keeps the cost per write constant however many entries the
+folder holds: about twenty ``stat`` calls per write, amortised.
+
 Training and prediction read images through the same :func:`image_loader`, so the pixels a model
 is evaluated on come from exactly the same decode and downscale it was trained on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,15 +58,80 @@ def default_cache_root() -> Path:
     return Path(base) / "decoded"
 
 
-class DecodedImageCache:
-    """Decoded, downscaled images as ``.npy`` files under ``root/<side>/``."""
+#: Evict down to this share of the disk budget, so the next entries fit before the next listing.
+_LOW_WATER = 0.9
+#: Bytes one writer adds between listings, as a share of the budget (at most the headroom above).
+_SCAN_EVERY = 0.05
 
-    def __init__(self, root: str | os.PathLike[str], short_side: int, ram_mb: float = 0) -> None:
+
+def cache_usage(base: str | os.PathLike[str]) -> list[tuple[int, int, str]]:
+    """Every entry under ``base`` (all sides) as ``(last use in ns, bytes, path)``, least recently used first."""
+    found = []
+    for side in _subdirs(base):
+        for shard in _subdirs(side):
+            for item in _scandir(shard):
+                if item.name.endswith(".npy") and not item.name.startswith("."):
+                    try:
+                        st = item.stat()
+                    except OSError:
+                        continue  # evicted or replaced by another process meanwhile
+                    found.append((st.st_mtime_ns, st.st_size, item.path))
+    found.sort()
+    return found
+
+
+def _scandir(folder: str) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(folder) as it:
+            return list(it)
+    except OSError:
+        return []
+
+
+def _subdirs(folder: str | os.PathLike[str]) -> list[str]:
+    return [item.path for item in _scandir(os.fspath(folder)) if item.is_dir(follow_symlinks=False)]
+
+
+def evict_to(base: str | os.PathLike[str], limit_bytes: int) -> tuple[int, int]:
+    """Remove the least recently used entries under ``base`` until they take at most ``limit_bytes``.
+
+    Returns:
+        The bytes left and the entries removed.
+    """
+    entries = cache_usage(base)
+    total = sum(size for _, size, _ in entries)
+    removed = 0
+    for _, size, path in entries:
+        if total <= limit_bytes:
+            break
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass  # another process evicted it first; it no longer counts either way
+        except OSError:
+            continue
+        total -= size
+        removed += 1
+    return total, removed
+
+
+class DecodedImageCache:
+    """Decoded, downscaled images as ``.npy`` files under ``root/<side>/``, optionally within a disk budget."""
+
+    def __init__(self, root: str | os.PathLike[str], short_side: int, ram_mb: float = 0,
+                 disk_gb: float | None = None, writers: int | None = None) -> None:
         self.base = Path(root)
         self.root = Path(root) / f"s{short_side}"
         self.short_side = short_side
         self.hits = 0
         self.misses = 0
+        # Disk tier: the whole folder (every side) within this many bytes; None = unbounded.
+        self.disk_budget = None if disk_gb is None else int(disk_gb * 2**30)
+        self.writers = writers  # processes writing at once; None: this one, or its DataLoader's workers
+        self.written = 0  # bytes added since this process last listed the folder
+        self.evicted = 0
+        self._writer_pid = -1  # a copy in a new process (fork, DataLoader worker) lists before its first write
+        self._share = 0.0
         # In-process tier: arrays already read, by path and file identity so an edited file still misses.
         self.ram_budget = int(ram_mb * 2**20)
         self.ram_bytes = 0
@@ -107,6 +184,8 @@ class DecodedImageCache:
         try:
             array = np.load(entry, allow_pickle=False)
             self.hits += 1
+            if self.disk_budget is not None:
+                _touch(entry)
             self._keep(name, st, array)
             return array
         except (FileNotFoundError, ValueError, EOFError, OSError):
@@ -119,11 +198,39 @@ class DecodedImageCache:
         try:
             with open(tmp, "wb") as fh:
                 np.save(fh, array, allow_pickle=False)
+                size = fh.tell()
+            if self.disk_budget is not None:
+                self._make_room(size)
             os.replace(tmp, entry)
         except OSError:
             # A full or read-only disk must not stop training: the decoded image is still returned.
             tmp.unlink(missing_ok=True)
         return array
+
+    def _make_room(self, size: int) -> None:
+        """Before ``size`` more bytes land: list and evict at this process's first write, then per share added."""
+        assert self.disk_budget is not None
+        if self._writer_pid != os.getpid():
+            self._writer_pid = os.getpid()
+            self._share = self.disk_budget * _SCAN_EVERY / max(1, self.writers or _loader_workers())
+            self.written = self.disk_budget  # what other processes left is unknown here
+        self.written += size
+        if self.written > self._share:
+            self.enforce_budget(reserve=size)
+
+    def enforce_budget(self, reserve: int = 0) -> int:
+        """Evict least recently used entries so the folder plus ``reserve`` bytes fit the budget's low-water mark.
+
+        Returns:
+            The bytes the folder holds now (0 when there is no budget).
+        """
+        if self.disk_budget is None:
+            return 0
+        limit = max(0, int(self.disk_budget * _LOW_WATER) - reserve)
+        total, removed = evict_to(self.base, limit)
+        self.evicted += removed
+        self.written = 0
+        return total
 
     def _keep(self, name: str, st: os.stat_result, array: np.ndarray) -> None:
         old = self._ram.pop(name, None)
@@ -135,6 +242,19 @@ class DecodedImageCache:
             self.ram_bytes += array.nbytes
 
     __call__ = load
+
+
+def _loader_workers() -> int:
+    """The workers of the DataLoader this process serves (1 outside one): each of them writes its own entries."""
+    loading = sys.modules.get("torch.utils.data")  # never imported here: a process without torch has no loader
+    info = loading.get_worker_info() if loading is not None else None
+    return int(info.num_workers) if info is not None else 1
+
+
+def _touch(entry: Path) -> None:
+    # its modification time is its last use, the eviction order; an entry evicted meanwhile was read already
+    with contextlib.suppress(OSError):
+        os.utime(entry)
 
 
 @dataclass
@@ -149,17 +269,34 @@ class WarmResult:
     errors: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _warm_chunk(base: str, short_side: int, paths: list[str]) -> tuple[int, list[tuple[str, str]]]:
+def _gb(budget: int | None) -> float | None:
+    return None if budget is None else budget / 2**30
+
+
+_pool_cache: DecodedImageCache | None = None  # one per warm-up process, so it lists the folder once, not per chunk
+
+
+def _start_warm_worker(base: str, short_side: int, disk_gb: float | None, writers: int) -> None:
+    global _pool_cache
+    _pool_cache = DecodedImageCache(base, short_side, disk_gb=disk_gb, writers=writers)
+
+
+def _warm_chunk(paths: list[str]) -> tuple[int, list[tuple[str, str]]]:
+    assert _pool_cache is not None
+    return _warm_into(_pool_cache, paths)
+
+
+def _warm_into(cache: DecodedImageCache, paths: Sequence[str]) -> tuple[int, list[tuple[str, str]]]:
     from toolkit.errors import ImageError
 
-    cache = DecodedImageCache(base, short_side)
+    before = cache.misses
     errors = []
     for path in paths:
         try:
             cache.load(path)
         except ImageError as exc:
             errors.append((path, exc.reason))
-    return cache.misses, errors
+    return cache.misses - before, errors
 
 
 def warm_cache(cache: DecodedImageCache, paths: Sequence[str], processes: int, *, min_missing: int = 64,
@@ -182,7 +319,9 @@ def warm_cache(cache: DecodedImageCache, paths: Sequence[str], processes: int, *
     result = WarmResult(already=len(unique) - len(missing))
     processes = min(int(processes), math.ceil(len(missing) / chunk))
     if processes < 2 or len(missing) < min_missing:
-        result.decoded, result.errors = _warm_chunk(str(cache.base), cache.short_side, missing)
+        # a cache of its own: a single pass fills no in-memory tier
+        alone = DecodedImageCache(cache.base, cache.short_side, disk_gb=_gb(cache.disk_budget), writers=1)
+        result.decoded, result.errors = _warm_into(alone, missing)
         result.seconds = time.perf_counter() - t0
         return result
     import multiprocessing
@@ -192,9 +331,9 @@ def warm_cache(cache: DecodedImageCache, paths: Sequence[str], processes: int, *
     parts = [missing[i:i + chunk] for i in range(0, len(missing), chunk)]
     if on_start is not None:
         on_start(len(missing), processes)
-    with ProcessPoolExecutor(processes, mp_context=context) as pool:
-        for decoded, errors in pool.map(_warm_chunk, [str(cache.base)] * len(parts),
-                                        [cache.short_side] * len(parts), parts):
+    start = (str(cache.base), cache.short_side, _gb(cache.disk_budget), processes)
+    with ProcessPoolExecutor(processes, mp_context=context, initializer=_start_warm_worker, initargs=start) as pool:
+        for decoded, errors in pool.map(_warm_chunk, parts):
             result.decoded += decoded
             result.errors += errors
     result.processes = processes
@@ -234,7 +373,7 @@ def check_images(paths: Sequence[str], loader: Callable[[str], np.ndarray], proc
 
 
 def image_loader(short_side: int | None, cache_dir: str | os.PathLike[str] | None = None,
-                 ram_mb: float = 0) -> Callable[[str], np.ndarray]:
+                 ram_mb: float = 0, disk_gb: float | None = None) -> Callable[[str], np.ndarray]:
     """The function every stage reads images with: through the cache at ``short_side``, or a plain decode.
 
     Args:
@@ -242,8 +381,10 @@ def image_loader(short_side: int | None, cache_dir: str | os.PathLike[str] | Non
         cache_dir: The cache's folder (default: :func:`default_cache_root`).
         ram_mb: In-memory tier per process (a single pass over the data has no use for it; DataLoader
             workers each hold a copy, so the trainer splits its budget among them).
+        disk_gb: The whole cache folder is kept under this many GiB, least recently used entries evicted
+            first; None = no limit.
     """
     if short_side is None:
         return load_image_array
     root = Path(cache_dir) if cache_dir else default_cache_root()
-    return DecodedImageCache(root, short_side, ram_mb)
+    return DecodedImageCache(root, short_side, ram_mb, disk_gb)
