@@ -37,6 +37,7 @@ __all__ = [
     "Metric",
     "classification_metrics",
     "combine_indices",
+    "combined_probabilities",
     "cv_summary",
     "is_better",
     "list_metrics",
@@ -252,7 +253,7 @@ def combine_indices(indices: Sequence[Any], sizes: Sequence[int]) -> np.ndarray:
     return combined
 
 
-def _combined_probs(probs: Sequence[np.ndarray]) -> np.ndarray:
+def combined_probabilities(probs: Sequence[np.ndarray]) -> np.ndarray:
     """Per-sample outer product of head probabilities, flattened in mixed-radix order.
 
     Treating the heads as independent given the image is what a multi-head model assumes; the
@@ -330,7 +331,7 @@ def multihead_metrics(
     y = combine_indices([y_true_by_head[h] for h in order], sizes)
     arrays = [np.asarray(probs_by_head[h]) for h in order]
     if all(a.ndim == 2 for a in arrays):
-        combined_pred: np.ndarray = _combined_probs(arrays)
+        combined_pred: np.ndarray = combined_probabilities(arrays)
     else:
         combined_pred = combine_indices([pred_of(h) for h in order], sizes)
     out["combined"] = classification_metrics(y, combined_pred, combined_classes)

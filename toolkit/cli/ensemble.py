@@ -13,7 +13,7 @@ from toolkit.cli.options import RunsOpt
 def ensemble(
     members: Annotated[list[str], typer.Argument(
         help="Runs (folders, ids, name suffixes, globs like 'runs/*-ce') and prediction files (.parquet "
-        "probabilities, .csv submissions).", metavar="RUN_OR_FILE...", show_default=False)],
+        "probabilities, .csv submissions); with --compose, PART=RUN pairs.", metavar="RUN_OR_FILE...", show_default=False)],
     vote: Annotated[str, typer.Option("--vote", help="soft (weighted mean probability), hard (weighted majority; "
                                       "ties by mean probability) or rank (mean of per-class ranks).")] = "soft",
     weights: Annotated[str | None, typer.Option(
@@ -34,17 +34,34 @@ def ensemble(
     sample_submission: Annotated[Path | None, typer.Option(
         "--sample-submission", metavar="CSV", help="Copy this file's ids, order and columns in the submission.",
         show_default=False)] = None,
+    calibrate: Annotated[bool, typer.Option(
+        "--calibrate", help="Rescale each run member (each part with --compose) by its run's calibration, fitted "
+        "on its out-of-fold rows, before voting.")] = False,
+    calibration: Annotated[str, typer.Option("--calibration", metavar="temperature|vector",
+                                             help="What --calibrate applies.")] = "temperature",
+    decide: Annotated[str, typer.Option(
+        "--decide", metavar="argmax|f1", help="f1: per-class offsets on the log-probabilities tuned for macro-F1 on "
+        "the out-of-fold rows, kept only when their cross-fitted gain is positive.")] = "argmax",
+    compose: Annotated[bool, typer.Option(
+        "--compose", help="The arguments are PART=RUN pairs (mask=RUN_A gender=RUN_B age=RUN_C): per-attribute "
+        "runs composed into the combined label of the recipe's [targets.combine] (product of the parts).")] = False,
+    into: Annotated[str | None, typer.Option(
+        "--into", metavar="NAME", help="With --compose: the [targets.combine] label to build [default: the one "
+        "over exactly the given parts].", show_default=False)] = None,
     runs: RunsOpt = None,
 ) -> None:
     """Ensemble runs and prediction files (soft, hard or rank voting), choosing weights on out-of-fold rows.
 
     Example: clsctl ensemble 'runs/*-ce' 'runs/*-focal' runs/20260101-120000-wce --select greedy --bags 20
+
+    Also: clsctl ensemble RUN --calibrate --decide f1; clsctl ensemble --compose mask=RUN_A gender=RUN_B age=RUN_C --into label18
     """
     from toolkit.ensemble import ensemble as run_ensemble
 
     result = run_ensemble(members, vote=vote, weights=weights, select=select, metric=metric,
                           predictions=predictions, name=name, bags=bags, runs_root=runs,
-                          sample_submission=sample_submission)
+                          sample_submission=sample_submission, calibrate=calibration if calibrate else None,
+                          decide=decide, compose=compose, into=into)
     _print(result)
 
 
@@ -81,8 +98,15 @@ def _print(result: Any) -> None:
         if result.crossfit_score is not None:
             line += f"; cross-fitted {metric} {result.crossfit_score:.4f} (weights chosen without the scored fold)"
         console.print(line)
+    if result.composed is not None:
+        parts = ", ".join(f"{p['part']}={p['run']} (OOF macro_f1 {p['oof']['macro_f1']:.4f})"
+                          for p in result.composed["parts"])
+        console.print(f"composed {result.composed['into']} ({len(result.classes)} classes) from {parts}")
+    if result.calibration is not None:
+        console.print(f"calibrated ({result.calibration['method']}): {result.calibration['where']}")
     for note in result.notes:
         console.print(f"note: {note}")
+    console.print(f"decision: {result.decision_rule}")
     if result.run is not None:
         console.print(f"run: {result.run.path}")
     for kind, path in result.files.items():

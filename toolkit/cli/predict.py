@@ -44,6 +44,14 @@ def predict(
                                         "folds, views and combine.")] = "torch",
     onnx: Annotated[Path | None, typer.Option("--onnx", metavar="DIR", help="With --engine onnx: the export folder "
                                               "or .onnx file [default: RUN/export].", show_default=False)] = None,
+    calibrate: Annotated[bool, typer.Option(
+        "--calibrate", help="Rescale the probabilities by the run's calibration (fitted on its out-of-fold rows; "
+        "recorded in its summary.json).")] = False,
+    calibration: Annotated[str, typer.Option("--calibration", metavar="temperature|vector",
+                                             help="What --calibrate applies.")] = "temperature",
+    decide: Annotated[str, typer.Option(
+        "--decide", metavar="argmax|f1", help="f1: per-class offsets on the log-probabilities tuned for macro-F1 on "
+        "the run's out-of-fold rows, kept only when their cross-fitted gain is positive.")] = "argmax",
     runs: RunsOpt = None,
 ) -> None:
     """Predict images with a run's fold models and test-time views; write probabilities and a submission.
@@ -58,7 +66,8 @@ def predict(
     with progress_display() as progress:
         result = run_predict(run, data, tta=tta, folds=folds, name=name, sample_submission=sample_submission,
                              combine=combine, batch_size=batch_size, runs_root=runs, root=root, workers=workers,
-                             progress=progress, engine=engine, onnx=onnx)
+                             progress=progress, engine=engine, onnx=onnx,
+                             calibrate=calibration if calibrate else None, decide=decide)
     if result.main:
         _print(result)
 
@@ -90,6 +99,13 @@ def _print(result: Any) -> None:
     engine = " on onnxruntime" if result.engine == "onnx" else ""
     console.print(f"{result.n} images ({result.source}), folds {result.folds}, views [{views}], {result.combine}{engine}: "
                   f"{result.seconds:.1f}s, {result.img_s:.0f} img/s")
+    if result.calibration is not None:
+        for head, params in result.calibration.items():
+            if head != "method":
+                console.print(f"calibrated {head} ({result.calibration['method']}): out-of-fold NLL "
+                              f"{params['before']['nll']:.4f} → {params['after']['nll']:.4f}, ECE "
+                              f"{params['before']['ece']:.4f} → {params['after']['ece']:.4f} (cross-fitted)")
+    console.print(f"decision: {result.decision_rule}")
     if result.scores is not None:
         s = result.scores
         if s["n"] < result.n:

@@ -21,9 +21,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from toolkit.calibration import METHODS as CALIBRATIONS
+from toolkit.calibration import log_probs
+from toolkit.decisions import DECISIONS, Decision, tune_decisions
 from toolkit.ensemble.members import (
     Member,
     align_ids,
+    calibrate_member,
     check_classes,
     check_labels,
     load_members,
@@ -58,6 +62,25 @@ class EnsembleResult:
     notes: list[str] = field(default_factory=list)
     files: dict[str, Path] = field(default_factory=dict)
     run: Any = None
+    decision: Decision | None = None
+    composed: dict[str, Any] | None = None  # --compose: the combined label and its parts
+    calibration: dict[str, Any] | None = None  # --calibrate: the method and each member's parameters
+
+    @property
+    def decision_rule(self) -> str:
+        """What turned the scores into the submitted labels."""
+        rule = "hard vote" if self.vote == "hard" else f"argmax of the {self.vote} vote"
+        if self.decision is not None and self.decision.offsets is not None:
+            rule = f"macro-F1 offsets on the log {self.vote} vote"
+        return rule
+
+    def prediction_info(self) -> dict[str, Any]:
+        """What the prediction set's .json records: how its labels were decided."""
+        return {"name": self.prediction_set, "kind": "ensemble", "vote": self.vote, "weights_from": self.method,
+                "decision": self.decision_rule,
+                "offsets": None if self.decision is None else self.decision.summary()["offsets"],
+                "calibration": None if self.calibration is None else self.calibration["method"],
+                "composed": None if self.composed is None else self.composed["into"]}
 
     @property
     def oof_score(self) -> float | None:
@@ -90,6 +113,12 @@ class EnsembleResult:
                                 for bag in self.selection]
         if self.per_class is not None:
             out["per_class"] = self.per_class
+        out["decision"] = {**(self.decision.summary() if self.decision is not None else
+                              {"requested": "argmax", "rule": "argmax", "offsets": None}), "applied": self.decision_rule}
+        if self.calibration is not None:
+            out["calibration"] = self.calibration
+        if self.composed is not None:
+            out["composed"] = self.composed
         return out
 
 
@@ -117,7 +146,9 @@ def _per_class(member_scores: dict[str, dict[str, Any]], ensemble_scores: dict[s
 def ensemble(refs: Sequence[str | Path], *, vote: str = "soft", weights: str | Sequence[float] | None = None,  # noqa: C901
              select: str | None = None, metric: str = "macro_f1", predictions: str | None = None,
              name: str | None = None, bags: int = 1, runs_root: str | Path | None = None,
-             sample_submission: str | Path | None = None, seed: int = 0, write: bool = True) -> EnsembleResult:
+             sample_submission: str | Path | None = None, seed: int = 0, write: bool = True,
+             calibrate: str | None = None, decide: str = "argmax", compose: bool = False,
+             into: str | None = None) -> EnsembleResult:
     """Combine members into an ensemble run.
 
     Args:
@@ -134,6 +165,13 @@ def ensemble(refs: Sequence[str | Path], *, vote: str = "soft", weights: str | S
         sample_submission: a CSV whose ids, order and columns the submission copies.
         seed: seed of the bags.
         write: create the run (False: only compute).
+        calibrate: ``temperature`` or ``vector``: rescale each run member (or composed part) with its run's
+            calibration before voting; None: as they are.
+        decide: ``argmax``, or ``f1`` for per-class offsets tuned for macro-F1 on the out-of-fold rows
+            (kept only when their cross-fitted gain is positive; see :mod:`toolkit.decisions`).
+        compose: ``refs`` are ``PART=RUN`` pairs composed into one combined label (see
+            :mod:`toolkit.ensemble.compose`), which is then the only member.
+        into: with ``compose``, the ``[targets.combine]`` name (default: the one over exactly the parts).
 
     Raises:
         UsageError: bad options. DataError: class lists or rows that do not align (the message names them).
@@ -147,7 +185,28 @@ def ensemble(refs: Sequence[str | Path], *, vote: str = "soft", weights: str | S
     parsed = parse_weights(weights)
     if select is not None and parsed is not None:
         raise UsageError("--select greedy sets the weights itself", "drop --weights, or drop --select")
-    members, prediction_set, skipped = load_members(refs, runs_root, predictions)
+    if decide not in DECISIONS:
+        raise UsageError(f"--decide {decide!r} is not one of {', '.join(DECISIONS)}", "use argmax or f1")
+    if decide != "argmax" and vote == "hard":
+        raise UsageError("--decide f1 shifts scores, and hard-vote scores are vote shares",
+                         "use --vote soft (or rank) with --decide f1")
+    if calibrate is not None and calibrate not in CALIBRATIONS:
+        raise UsageError(f"--calibration {calibrate!r} is not one of {', '.join(CALIBRATIONS)}",
+                         "use temperature or vector")
+    if into is not None and not compose:
+        raise UsageError("--into names the label that --compose builds", "add --compose, or drop --into")
+    composed = None
+    calibrated: dict[str, Any] = {}
+    if compose:
+        from toolkit.ensemble.compose import compose_member
+
+        member, composed = compose_member(refs, into, runs_root=runs_root, predictions=predictions,
+                                          calibrate=calibrate)
+        members, prediction_set, skipped = [member], composed["prediction_set"], []
+    else:
+        members, prediction_set, skipped = load_members(refs, runs_root, predictions)
+        if calibrate is not None:
+            calibrated = {m.name: calibrate_member(m, calibrate) for m in members}
     classes = check_classes(members)
     n_classes = len(classes)
     if vote != "hard" and any(m.labels_only for m in members):
@@ -160,9 +219,14 @@ def ensemble(refs: Sequence[str | Path], *, vote: str = "soft", weights: str | S
     else:
         w = normalize_weights(None, len(members))
     result = EnsembleResult(members=members, classes=classes, vote=vote, metric=metric, method=method, weights=w,
-                            prediction_set=prediction_set, notes=[f"skipped {s}" for s in skipped])
+                            prediction_set=prediction_set, notes=[f"skipped {s}" for s in skipped],
+                            composed=composed, calibration=_calibration_info(calibrate, calibrated, composed))
+    result.notes += [f"not calibrated: {name} is a prediction file" for name, c in calibrated.items() if c is None]
 
     no_oof = [m.name for m in members if m.oof is None]
+    if no_oof and decide != "argmax":
+        raise UsageError(f"--decide {decide} is tuned on out-of-fold predictions, which member(s) "
+                         f"{', '.join(no_oof)} do not have", "pass runs instead of prediction files, or drop --decide")
     if no_oof and method in ("fit", "greedy"):
         raise UsageError(f"{'--select greedy' if select else '--weights fit'} needs out-of-fold predictions, "
                          f"which member(s) {', '.join(no_oof)} do not have",
@@ -194,11 +258,18 @@ def ensemble(refs: Sequence[str | Path], *, vote: str = "soft", weights: str | S
         elif method == "greedy":
             result.weights, result.selection = bagged_greedy(x, y, n_classes, vote=vote, metric=metric, bags=bags,
                                                              seed=seed)
-        if method in ("fit", "greedy"):
+        scores, labels = combine(vote, x, result.weights, n_classes)
+        if decide != "argmax":
+            result.decision = _decide(decide, method, choose, x, y, folds, scores, result.weights, vote, classes)
+            plain = result.decision.crossfit_argmax_labels
+            if method in ("fit", "greedy") and plain is not None:
+                # the decisions' cross-fit chose the weights without each fold too: its argmax is the honest vote
+                result.crossfit_score = fast_score(y, plain, n_classes, metric)
+            result.notes.append(result.decision.note)
+        elif method in ("fit", "greedy"):
             honest = crossfit_labels(choose, x, y, folds, vote, n_classes)
             if honest is not None:
                 result.crossfit_score = fast_score(y, honest, n_classes, metric)
-        scores, labels = combine(vote, x, result.weights, n_classes)
         result.oof_metrics = _scores(y, scores if vote == "soft" else labels, classes)
         result.cv = _cv(y, scores if vote == "soft" else labels, folds, classes)
         result.per_class = _per_class(result.member_scores, result.oof_metrics, classes)
@@ -219,6 +290,8 @@ def ensemble(refs: Sequence[str | Path], *, vote: str = "soft", weights: str | S
         orders = align_ids([(m.name, m.test) for m in members], "prediction")
         xt = [member_matrix(m, m.test, o, classes) for m, o in zip(members, orders, strict=True)]
         scores_t, labels_t = combine(vote, xt, result.weights, n_classes)
+        if result.decision is not None and result.decision.offsets is not None:
+            labels_t = result.decision.decide(log_probs(scores_t))
         ref_t = members[0].test.iloc[orders[0]].reset_index(drop=True)
         paths = next((m.test.iloc[o]["path"].tolist() for m, o in zip(members, orders, strict=True)
                       if "path" in m.test.columns and m.test["path"].notna().all()), None)
@@ -236,6 +309,29 @@ def ensemble(refs: Sequence[str | Path], *, vote: str = "soft", weights: str | S
     if write:
         _write(result, runs_root, name, oof_frame, test_frame, submission)
     return result
+
+
+def _calibration_info(method: str | None, members: dict[str, Any], composed: dict[str, Any] | None
+                      ) -> dict[str, Any] | None:
+    if method is None:
+        return None
+    if composed is not None:
+        return {"method": method, "where": "each part, before the product"}
+    return {"method": method, "where": "each run member, before voting", "members": members}
+
+
+def _decide(decide: str, method: str, choose: Any, x: list[np.ndarray], y: np.ndarray, folds: np.ndarray,
+            scores: np.ndarray, weights: np.ndarray, vote: str, classes: list[str]) -> Decision:
+    """Tune the decision on the vote's scores; the cross-fit also re-chooses fitted weights without each fold."""
+    n_classes = len(classes)
+
+    def fold_scores(held: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        train = [xi[~held] for xi in x]
+        w = choose(train, y[~held]) if method in ("fit", "greedy") else weights
+        return (log_probs(combine(vote, train, w, n_classes)[0]),
+                log_probs(combine(vote, [xi[held] for xi in x], w, n_classes)[0]))
+
+    return tune_decisions(log_probs(scores), y, folds, classes, decide, fold_scores=fold_scores)
 
 
 def _scores(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict[str, Any]:
@@ -259,7 +355,7 @@ def _write(result: EnsembleResult, runs_root: str | Path | None, name: str | Non
            test_frame: pd.DataFrame | None, submission: pd.DataFrame | None) -> None:
     from toolkit.store import RunStore
 
-    parents = [m.run for m in result.members if m.is_run]
+    parents = [r for m in result.members for r in ([m.run] if m.is_run else (m.parts or []))]
     run = RunStore(runs_root).create(
         "ensemble", name=name or "ensemble", parents=parents,
         extra={"vote": result.vote, "metric": result.metric, "weights_from": result.method,
@@ -268,7 +364,8 @@ def _write(result: EnsembleResult, runs_root: str | Path | None, name: str | Non
         if oof_frame is not None:
             result.files["oof"] = run.write_oof(oof_frame)
         if test_frame is not None:
-            result.files.update(run.write_predictions(result.prediction_set, test_frame, submission, None))
+            result.files.update(run.write_predictions(result.prediction_set, test_frame, submission,
+                                                      result.prediction_info()))
         run.update_summary(result.summary())
         result.files["summary"] = run.summary_path
     result.run = run

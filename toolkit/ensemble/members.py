@@ -36,6 +36,7 @@ class Member:
     oof: pd.DataFrame | None
     test: pd.DataFrame | None
     labels_only: bool = False  # a submission CSV with a label column
+    parts: list | None = None  # a composed member: the runs it is made of (toolkit.ensemble.compose)
 
     @property
     def is_run(self) -> bool:
@@ -243,3 +244,24 @@ def check_labels(members: Sequence[Member], orders: Sequence[np.ndarray]) -> np.
             raise DataError(f"out-of-fold labels differ between {members[0].name} and {m.name} on {bad.size} row(s): "
                             f"{examples(shown)}", "ensemble runs trained on the same labels")
     return labels
+
+
+def calibrate_member(member: Member, method: str) -> dict[str, object] | None:
+    """Rescale a run member's out-of-fold and prediction probabilities with its run's calibration.
+
+    The calibration is the run's own (fitted on its out-of-fold rows, recorded in its summary.json on
+    first use). Returns what was applied, or None for a member that is not a run (nothing to fit on).
+    """
+    if not member.is_run or member.labels_only:
+        return None
+    from toolkit.calibration import apply_calibration
+    from toolkit.train.results import run_calibration
+
+    heads, _ = member.run.read_classes()  # type: ignore[union-attr]
+    record = run_calibration(member.run)[heads[0]]  # type: ignore[arg-type]
+    for frame in (member.oof, member.test):
+        if frame is not None:
+            frame[member.classes] = apply_calibration(frame[member.classes].to_numpy(dtype=np.float64), record, method)
+    fitted = record[method]
+    return {"method": method, **{k: v for k, v in fitted.items() if k not in ("after", "per_fold")},
+            "before": record["before"], "after": fitted["after"]}

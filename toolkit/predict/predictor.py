@@ -23,11 +23,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from toolkit.calibration import apply_calibration, log_probs
 from toolkit.config.schema import Recipe
 from toolkit.data.training import run_image_root
+from toolkit.decisions import Decision
 from toolkit.errors import DataError, RunError, UsageError, examples
 from toolkit.metrics import classification_metrics, is_better, metric_direction, multihead_metrics
 from toolkit.models.checkpoint import FoldModel, load_fold_model
+from toolkit.predict.decided import run_calibration_for, run_decision
 from toolkit.predict.engine import (
     FoldStatus,
     Inference,
@@ -86,6 +89,16 @@ class PredictResult:
     main: bool = True
     unscored: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    calibration: dict[str, Any] | None = None  # --calibrate: the method and each head's parameters
+    decision: Decision | None = None  # --decide f1: the rule tuned on the run's out-of-fold rows
+    labels: np.ndarray | None = None  # the decided class per row, where it is not the argmax
+
+    @property
+    def decision_rule(self) -> str:
+        """What turned the probabilities into the submitted labels."""
+        if self.decision is not None and self.decision.offsets is not None:
+            return "macro-F1 offsets on the log-probabilities"
+        return "argmax of the combined heads' product" if len(self.classes) > 1 else "argmax"
 
     @property
     def n(self) -> int:
@@ -258,7 +271,8 @@ def predict(run, data: str | Path, *, tta: str | Sequence[str] | None = None, fo
             name: str | None = None, sample_submission: str | Path | None = None, combine: str | None = None,
             batch_size: int | None = None, runs_root: str | Path | None = None, root: str | Path | None = None,
             workers: int | None = None, progress: Progress | bool | None = None, accelerator=None,  # noqa: ANN001
-            write: bool = True, engine: str = "torch", onnx: str | Path | None = None) -> PredictResult:
+            write: bool = True, engine: str = "torch", onnx: str | Path | None = None, calibrate: str | None = None,
+            decide: str = "argmax") -> PredictResult:
     """Predict ``data`` with a run's fold models and TTA views; write the prediction set into the run.
 
     Args:
@@ -279,6 +293,10 @@ def predict(run, data: str | Path, *, tta: str | Sequence[str] | None = None, fo
         engine: ``torch`` (the fold checkpoints) or ``onnx`` (the graph ``clsctl export`` wrote, run with
             onnxruntime on the CPU; its folds, views and combine are the export's).
         onnx: the export folder or ``.onnx`` file for ``engine="onnx"`` (default: the run's ``export/``).
+        calibrate: ``temperature`` or ``vector``: rescale the probabilities with the run's calibration (fitted
+            on its out-of-fold rows, recorded in its summary.json on first use); None: as predicted.
+        decide: ``argmax``, or ``f1`` for per-class offsets tuned for macro-F1 on the run's out-of-fold rows
+            (kept only when their cross-fitted gain is positive); single-head runs.
 
     Raises:
         RunError: not a train run, no checkpoints, unfinished folds (``all``/``best``).
@@ -294,6 +312,8 @@ def predict(run, data: str | Path, *, tta: str | Sequence[str] | None = None, fo
         _check_name(run, name)
     recipe = run.read_recipe()
     heads, classes = run.read_classes()
+    calibration = run_calibration_for(run, calibrate)
+    decision = run_decision(run, decide, calibration, calibrate)
     fold_states = fold_status(run)
     auto = isinstance(tta, str) and tta.strip().lower() == "auto"
     exported = None
@@ -339,17 +359,28 @@ def predict(run, data: str | Path, *, tta: str | Sequence[str] | None = None, fo
         seconds = time.perf_counter() - t0
         probs = dict(zip(heads, combine_views(logits, models[0].record.head_sizes, combine, axes=(0, 1)), strict=True))
         main, wait = inference.accelerator.is_main_process, inference.accelerator.wait_for_everyone
+    if calibration is not None:
+        probs = {h: apply_calibration(probs[h], calibration[h], calibrate) for h in heads}
     default = default_name(inputs.name, view_names, selected, fold_states.folds, auto)
     result = PredictResult(
         run=run, name=name or (default + "-onnx" if exported is not None else default), engine=engine,
         ids=inputs.df["id"].astype(str).tolist(), paths=inputs.df["path"].astype(str).tolist(), classes=classes,
         probs=probs, folds=selected, views=view_names, combine=combine, seconds=seconds,
         img_s=len(inputs.paths) / max(seconds, 1e-9), tta_auto=auto_report, source=inputs.source,
-        main=main, unscored=dict(inputs.unscored), notes=list(inputs.notes))
+        main=main, unscored=dict(inputs.unscored), notes=list(inputs.notes), decision=decision,
+        calibration=None if calibration is None else {"method": calibrate, **{h: _params(calibration[h], calibrate)
+                                                                              for h in heads}})
+    if decision is not None:
+        result.notes.append(decision.note)
+        if decision.offsets is not None:
+            result.labels = decision.decide(log_probs(probs[heads[0]]))
     if inputs.labeled:
         rows = inputs.scored_rows
         result.scores = score_predictions({h: t[rows] for h, t in inputs.targets.items()},
                                           {h: p[rows] for h, p in probs.items()}, classes, heads)
+        if result.labels is not None:  # the decided labels are what is scored; the probabilities keep log_loss
+            decided = classification_metrics(inputs.targets[heads[0]][rows], result.labels[rows], classes[heads[0]])
+            result.scores = {**decided, "log_loss": result.scores["log_loss"]}
     # Build the submission before writing anything, so a mismatching sample leaves no files behind.
     submission = _submission(result, recipe, heads, sample, sample_submission)
     if write and result.main:
@@ -393,11 +424,22 @@ def _submission(result: PredictResult, recipe, heads: list[str], sample, sample_
 
     if len(heads) == 1:
         probs, names = result.probs[heads[0]], result.classes[heads[0]]
+        answer = [str(c) for c in sample.columns[1:]] if sample is not None else []
+        if result.labels is not None and (len(answer) > 1 or (answer and answer[0] in names)):
+            result.notes.append("the sample submission asks for probabilities, which the decision rule does not "
+                                "change (it decides labels)")
     else:
         order, names = _combined_classes(recipe, heads, result.classes)
         probs = _combined_probs([result.probs[h] for h in order])
     where = f"sample submission {sample_path}" if sample_path is not None else "submission"
-    return build_submission(result.ids, result.paths, probs, names, sample=sample, where=where)
+    return build_submission(result.ids, result.paths, probs, names, sample=sample, labels=result.labels, where=where)
+
+
+def _params(record: dict[str, Any], method: str) -> dict[str, Any]:
+    """The parameters of one calibration method and its cross-fitted NLL / ECE, for the prediction record."""
+    fitted = record[method]
+    return {**{k: v for k, v in fitted.items() if k not in ("after", "per_fold")}, "before": record["before"],
+            "after": fitted["after"]}
 
 
 def _write(result: PredictResult, submission: pd.DataFrame, inputs: PredictionInput, data: str | Path,
@@ -413,6 +455,9 @@ def _write(result: PredictResult, submission: pd.DataFrame, inputs: PredictionIn
         "scores": scores, "unscored": result.unscored, "notes": result.notes,
         "seconds": round(result.seconds, 3), "img_s": round(result.img_s, 2),
         "tta_auto": result.tta_auto["chosen"] if result.tta_auto else None,
+        "decision": result.decision_rule,
+        "decision_detail": None if result.decision is None else result.decision.summary(),
+        "calibration": result.calibration,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
     }
     if inputs.skipped:

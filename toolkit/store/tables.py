@@ -185,3 +185,43 @@ def probability_frame(ids: Sequence[Any], paths: Sequence[Any] | None, probs: Ma
         for c_i, c in enumerate(classes[head]):
             columns[f"{head}:{c}" if multi else c] = p[:, c_i].astype(np.float32)
     return pd.DataFrame(columns)
+
+
+def probability_arrays(frame: pd.DataFrame, heads: Sequence[str], classes: Mapping[str, Sequence[str]], *,
+                       what: str = "probability table") -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None,
+                                                                 np.ndarray | None]:
+    """Read back what :func:`probability_frame` laid out.
+
+    Returns:
+        ``(probs, labels, folds)``: head → probabilities ``[N, C]`` (float64, ``classes[head]`` order);
+        head → true class index per row, or None when the table has no label columns; the fold per
+        row, or None without a ``fold`` column.
+
+    Raises:
+        DataError: a class column is missing, or a label is not in the class list (both named).
+    """
+    import numpy as np
+
+    multi = len(heads) > 1
+    probs: dict[str, np.ndarray] = {}
+    labels: dict[str, np.ndarray] | None = {}
+    for head in heads:
+        columns = [f"{head}:{c}" if multi else str(c) for c in classes[head]]
+        missing = [c for c in columns if c not in frame.columns]
+        if missing:
+            raise DataError(f"{what} lacks the class column(s) {', '.join(missing[:5])}",
+                            "it was written for other classes; predict or train again")
+        probs[head] = frame[columns].to_numpy(dtype=np.float64)
+        label_col = f"label:{head}" if multi else "label"
+        if labels is None or label_col not in frame.columns:
+            labels = None
+            continue
+        index = {str(c): i for i, c in enumerate(classes[head])}
+        text = frame[label_col].astype(str).to_numpy()
+        unknown = sorted({t for t in text if t not in index})
+        if unknown:
+            raise DataError(f"{what} holds label(s) {', '.join(unknown[:5])} outside the class list of `{head}`",
+                            "the run's table and its class list disagree; retrain it")
+        labels[head] = np.array([index[t] for t in text], dtype=np.int64)
+    folds = frame["fold"].to_numpy(dtype=np.int64) if "fold" in frame.columns else None
+    return probs, labels, folds

@@ -1,4 +1,4 @@
-"""What a training run leaves behind: out-of-fold tables and the summary of every fold."""
+"""What a training run leaves behind: out-of-fold tables, the summary of every fold, the calibration."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from toolkit.calibration import calibration_record
 from toolkit.data.training import TrainingData
+from toolkit.errors import RunError
 from toolkit.metrics import classification_metrics, cv_summary, multihead_metrics
-from toolkit.store.tables import probability_frame
+from toolkit.store.tables import probability_arrays, probability_frame
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -57,4 +59,33 @@ def write_oof_and_summary(run: Run, data: TrainingData, recipe: Recipe, results:
             y = np.array([classes.index(v) for v in oof["label"]])
             summary["oof"] = classification_metrics(y, oof[classes].to_numpy(), classes)
         summary["oof_rows"] = len(oof)
+        summary["calibration"] = fit_calibration(oof, data.heads, data.classes)
     run.update_summary(summary)
+
+
+def fit_calibration(oof: pd.DataFrame, heads: list[str], classes: dict[str, list[str]]) -> dict[str, Any]:
+    """Head → :func:`toolkit.calibration.calibration_record` of an out-of-fold table (cross-fitted by fold)."""
+    probs, labels, folds = probability_arrays(oof, heads, classes, what="out-of-fold table")
+    if labels is None:
+        raise RunError("the out-of-fold table has no label column", "retrain the run")
+    return {h: calibration_record(probs[h], labels[h], folds) for h in heads}
+
+
+def run_calibration(run: Run) -> dict[str, Any]:
+    """The run's calibration (``summary.json``), fitted on its out-of-fold rows and recorded on first use.
+
+    Runs trained before calibration was fitted at the end of training get it here, once.
+
+    Raises:
+        RunError: the run has no out-of-fold table to fit on.
+    """
+    recorded = run.summary.get("calibration")
+    heads, classes = run.read_classes()
+    if isinstance(recorded, dict) and all(h in recorded for h in heads):
+        return recorded
+    if not run.has_oof():
+        raise RunError(f"run {run.id} has no oof.parquet to fit a calibration on",
+                       "calibrate runs whose folds all finished (k-fold train runs)")
+    record = fit_calibration(run.read_oof(), heads, classes)
+    run.update_summary(calibration=record)
+    return record
