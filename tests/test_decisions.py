@@ -1,0 +1,219 @@
+"""Decisions tuned for macro-F1 (cross-fitted, refused without gain) and per-attribute runs composed into one label."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from attrgen import COMBINED, PARTS, attribute_rows, attribute_run, attribute_runs
+from rungen import train_run
+
+from toolkit.calibration import log_probs, softmax
+from toolkit.cli.main import run as cli
+from toolkit.decisions import apply_offsets, crossfit_offsets, fit_offsets, macro_f1, tune_decisions
+from toolkit.ensemble import ensemble
+from toolkit.errors import DataError, UsageError
+from toolkit.metrics import classification_metrics
+from toolkit.store.tables import probability_frame
+
+
+def imbalanced(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact log-posteriors of two-dimensional Gaussian classes with priors 85 / 10 / 5 %: the argmax is
+    the Bayes rule for accuracy, so it under-predicts the rare classes that macro-F1 weighs equally."""
+    rng = np.random.default_rng(seed)
+    prior, mu = np.array([0.85, 0.10, 0.05]), np.array([[0.0, 0.0], [1.5, 0.0], [0.0, 1.5]])
+    y = rng.choice(3, size=n, p=prior)
+    x = mu[y] + rng.normal(size=(n, 2))
+    return log_probs(softmax(np.log(prior) - 0.5 * ((x[:, None, :] - mu[None]) ** 2).sum(-1))), y
+
+
+# --------------------------------------------------------------------------- decisions
+def test_macro_f1_counts_every_class():
+    y, pred = np.array([0, 0, 1, 1]), np.array([0, 0, 1, 0])
+    expected = classification_metrics(y, pred, ["a", "b", "c"])["macro_f1"]
+    assert macro_f1(y, pred, 3) == pytest.approx(expected)
+
+
+def test_offsets_raise_crossfitted_macro_f1_on_an_imbalanced_problem():
+    z, y = imbalanced(3000, seed=0)
+    folds = np.arange(len(y)) % 5
+    decision = tune_decisions(z, y, folds, ["common", "rare", "rarer"])
+    assert decision.rule == "f1_offsets"
+    assert decision.crossfit_tuned > decision.crossfit_argmax + 0.03
+    assert decision.gain == pytest.approx(decision.crossfit_tuned - decision.crossfit_argmax)
+    assert decision.offsets[0] < min(decision.offsets[1:])  # the common class gives way
+    # The cross-fitted score is the one of decisions made without each fold, rebuilt by hand:
+    tuned = np.empty_like(y)
+    for f in range(5):
+        held = folds == f
+        tuned[held] = apply_offsets(z[held], fit_offsets(z[~held], y[~held]))
+    assert decision.crossfit_tuned == pytest.approx(macro_f1(y, tuned, 3))
+    # ... and it carries to rows never seen at all.
+    z_new, y_new = imbalanced(20000, seed=1)
+    assert macro_f1(y_new, decision.decide(z_new), 3) > macro_f1(y_new, z_new.argmax(axis=1), 3) + 0.03
+    summary = decision.summary()
+    assert summary["crossfit_gain"] == pytest.approx(decision.gain) and summary["rule"] == "f1_offsets"
+    assert summary["in_sample_gain"] >= summary["crossfit_gain"] - 1e-9  # in-sample is the optimistic one
+    assert set(summary["offsets"]) == {"common", "rare", "rarer"}
+
+
+def test_offsets_without_crossfitted_gain_are_refused_with_a_note():
+    y = np.arange(90) % 3
+    z = log_probs(np.eye(3)[y] * 0.9 + 0.05)  # already perfect: nothing to gain
+    decision = tune_decisions(z, y, np.arange(90) % 3, ["a", "b", "c"])
+    assert decision.rule == "argmax" and decision.offsets is None
+    assert "refused" in decision.note and decision.gain == pytest.approx(0.0)
+    assert (decision.decide(z) == z.argmax(axis=1)).all()
+    one_fold = tune_decisions(*imbalanced(600, seed=2), np.zeros(600, dtype=int), ["a", "b", "c"])
+    assert one_fold.rule == "argmax" and "fewer than two folds" in one_fold.note
+
+
+def test_fold_scores_let_the_scores_depend_on_the_held_fold():
+    z, y = imbalanced(900, seed=3)
+    folds = np.arange(900) % 3
+    seen = []
+
+    def fold_scores(held):
+        seen.append(int(held.sum()))
+        return z[~held], z[held]
+
+    tuned, plain, per_fold = crossfit_offsets(z, y, folds, fold_scores=fold_scores)
+    assert seen == [300, 300, 300] and len(per_fold) == 3
+    assert (plain == z.argmax(axis=1)).all()
+    with pytest.raises(UsageError, match="--decide"):
+        tune_decisions(z, y, folds, ["a", "b", "c"], "recall")
+
+
+def test_ensemble_of_one_run_decides_for_f1_and_records_the_rule(tmp_path, capsys):
+    z, y = imbalanced(1500, seed=4)
+    classes = ["common", "rare", "rarer"]
+    run = train_run(tmp_path, "imb", classes=classes, labels=y, probs=np.exp(z), folds=np.arange(1500) % 5)
+    zt, _ = imbalanced(200, seed=5)
+    test = probability_frame([f"t{i}" for i in range(200)], None, {"label": np.exp(zt)}, {"label": classes})
+    run.write_predictions("test", test, None, None)
+
+    code = cli(["ensemble", run.path.as_posix(), "--decide", "f1", "--calibrate", "--runs", str(tmp_path)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "f1 offsets kept: cross-fitted macro_f1" in out and "decision: macro-F1 offsets" in out
+    ens = sorted(p for p in tmp_path.iterdir() if p.name.endswith("-ensemble"))[-1]
+    summary = json.loads((ens / "summary.json").read_text())
+    assert summary["decision"]["rule"] == "f1_offsets" and summary["decision"]["crossfit_gain"] > 0
+    assert summary["calibration"]["members"]["imb"]["method"] == "temperature"
+    info = json.loads((ens / "predictions" / "test.json").read_text())
+    assert info["decision"] == "macro-F1 offsets on the log soft vote" and info["calibration"] == "temperature"
+    sub = pd.read_csv(ens / "predictions" / "test.csv")
+    probs = pd.read_parquet(ens / "predictions" / "test.parquet")[classes].to_numpy()
+    offsets = np.array([summary["decision"]["offsets"][c] for c in classes])
+    assert sub["label"].tolist() == [classes[i] for i in apply_offsets(log_probs(probs), offsets)]
+    assert (sub["label"] != np.array(classes)[probs.argmax(axis=1)]).any()  # the rule changed some labels
+
+    with pytest.raises(UsageError, match="hard-vote"):
+        ensemble([run.path], vote="hard", decide="f1", runs_root=tmp_path, write=False)
+
+
+# --------------------------------------------------------------------------- composition
+@pytest.fixture
+def parts(tmp_path):
+    rows = attribute_rows(people=45)
+    return {"root": tmp_path, "rows": rows, "runs": attribute_runs(tmp_path, rows)}
+
+
+def _args(runs) -> list[str]:
+    return [f"{part}={run.path}" for part, run in runs.items()]
+
+
+def test_composition_is_the_product_of_the_parts(parts):
+    runs, rows = parts["runs"], parts["rows"]
+    result = ensemble(list(reversed(_args(runs))), compose=True, runs_root=parts["root"], write=False)
+    assert result.composed["into"] == COMBINED and result.composed["columns"] == list(PARTS)
+    expected_classes = ["_".join(c) for c in itertools.product(*PARTS.values())]
+    assert result.classes == expected_classes and len(expected_classes) == 18
+    oof = result.members[0].oof
+    p = {part: run.read_oof()[PARTS[part]].to_numpy(dtype=np.float64) for part, run in runs.items()}
+    product = np.einsum("ni,nj,nk->nijk", p["mask"], p["gender"], p["age"]).reshape(len(rows), 18)
+    np.testing.assert_allclose(oof[expected_classes].to_numpy(), product, rtol=1e-5)
+    truth = rows["mask"] + "_" + rows["gender"] + "_" + rows["age"]
+    assert oof["label"].tolist() == truth.tolist()
+    y = np.array([expected_classes.index(t) for t in truth])
+    assert result.oof_metrics["macro_f1"] == pytest.approx(classification_metrics(y, product, expected_classes)["macro_f1"],
+                                                           rel=1e-5)
+    assert [p["part"] for p in result.composed["parts"]] == list(PARTS)
+
+
+def test_composition_refuses_mismatched_folds_and_rows(parts, tmp_path):
+    runs, rows = dict(parts["runs"]), parts["rows"]
+    shifted = (rows["fold"].to_numpy() + 1) % 3
+    runs["age"] = attribute_run(tmp_path / "other", rows, "age", 0.7, seed=9, folds=shifted)
+    with pytest.raises(DataError, match=r"folds differ between mask .* and age .* on \d+ of 315 row\(s\)"):
+        ensemble(_args(runs), compose=True, runs_root=parts["root"], write=False)
+
+    fewer = rows.iloc[7:].reset_index(drop=True)
+    runs["age"] = attribute_run(tmp_path / "fewer", fewer, "age", 0.7, seed=9)
+    with pytest.raises(DataError, match="rows do not align: age .* lacks 7 id"):
+        ensemble(_args(runs), compose=True, runs_root=parts["root"], write=False)
+
+
+def test_composition_names_what_is_wrong_with_the_parts(parts):
+    runs = parts["runs"]
+    args = _args(runs)
+    with pytest.raises(UsageError, match="missing part.* age"):
+        ensemble(args[:2], compose=True, into=COMBINED, runs_root=parts["root"], write=False)
+    with pytest.raises(UsageError, match="no \\[targets.combine\\] definition"):
+        ensemble(args[:2], compose=True, runs_root=parts["root"], write=False)
+    with pytest.raises(UsageError, match="no run's recipe defines \\[targets.combine.label6\\].*"):
+        ensemble(args, compose=True, into="label6", runs_root=parts["root"], write=False)
+    with pytest.raises(UsageError, match="is not PART=RUN"):
+        ensemble([runs["mask"].path], compose=True, runs_root=parts["root"], write=False)
+    with pytest.raises(UsageError, match="--into names"):
+        ensemble(args, into=COMBINED, runs_root=parts["root"], write=False)
+
+
+def test_a_multihead_runs_heads_compose_the_same_way(parts, tmp_path):
+    from toolkit.store import RunStore
+
+    runs, rows = parts["runs"], parts["rows"]
+    oofs = {part: run.read_oof() for part, run in runs.items()}
+    heads = list(PARTS)
+    frame = probability_frame(rows["path"], rows["path"], {h: oofs[h][PARTS[h]].to_numpy() for h in heads}, PARTS,
+                              folds=rows["fold"].to_numpy(),
+                              labels={h: np.array([PARTS[h].index(v) for v in rows[h]]) for h in heads})
+    recipe = runs["mask"].recipe_text.replace('label = "mask"', 'heads = ["mask", "gender", "age"]')
+    multi = RunStore(tmp_path / "mh").create("train", name="multi", recipe=recipe)
+    multi.write_oof(frame)
+    multi.update_summary({"heads": heads, "classes": PARTS})
+    multi.finish()
+    composed = ensemble([f"{h}={multi.path}" for h in heads], compose=True, runs_root=tmp_path / "mh", write=False)
+    separate = ensemble(_args(runs), compose=True, runs_root=parts["root"], write=False)
+    np.testing.assert_allclose(composed.members[0].oof[composed.classes].to_numpy(),
+                               separate.members[0].oof[separate.classes].to_numpy(), rtol=1e-6)
+
+
+def test_cli_compose_predicts_and_submits_like_an_ensemble(parts, capsys):
+    runs, rows = parts["runs"], parts["rows"]
+    test_ids = [f"t{i}" for i in range(12)]
+    rng = np.random.default_rng(0)
+    test_parts = {part: rng.dirichlet(np.ones(len(c)), size=12) for part, c in PARTS.items()}
+    for part, run in runs.items():
+        run.write_predictions("test", probability_frame(test_ids, None, {"label": test_parts[part]},
+                                                        {"label": PARTS[part]}), None, None)
+    code = cli(["ensemble", "--compose", *_args(runs), "--into", COMBINED, "--decide", "f1", "--calibrate",
+                "--name", "composed", "--runs", str(parts["root"])])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert f"composed {COMBINED} (18 classes) from mask=" in out and "decision:" in out
+    ens = sorted(parts["root"].glob("*-composed"))[-1]
+    summary = json.loads((ens / "summary.json").read_text())
+    assert summary["composed"]["into"] == COMBINED and summary["oof_rows"] == len(rows)
+    assert summary["decision"]["requested"] == "f1" and summary["decision"]["crossfit_gain"] is not None
+    assert set(json.loads((ens / "run.json").read_text())["parents"]) == {r.id for r in runs.values()}
+    sub = pd.read_csv(ens / "predictions" / "test.csv")
+    assert len(sub) == 12 and set(sub["label"]) <= {"_".join(c) for c in itertools.product(*PARTS.values())}
+    info = json.loads((ens / "predictions" / "test.json").read_text())
+    assert info["composed"] == COMBINED and info["decision"] == summary["decision"]["applied"]
+
+    assert cli(["ensemble", "--compose", "mask", "--runs", str(parts["root"])]) != 0
+    assert "is not PART=RUN" in capsys.readouterr().err
