@@ -217,3 +217,42 @@ def test_cli_compose_predicts_and_submits_like_an_ensemble(parts, capsys):
 
     assert cli(["ensemble", "--compose", "mask", "--runs", str(parts["root"])]) != 0
     assert "is not PART=RUN" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- predict
+def test_predict_calibrates_and_decides_with_the_runs_out_of_fold_rows(tmp_path, one_thread):
+    from imagegen import make_imagefolder
+    from modelruns import model_run, write_oof
+
+    from toolkit.calibration import apply_calibration
+    from toolkit.predict import predict
+
+    classes = ["blue", "green", "red"]
+    data = make_imagefolder(tmp_path / "data", per_class=4, size=32)
+    rows = pd.DataFrame({"path": sorted(str(p.relative_to(data)) for p in data.rglob("*.png"))})
+    rows["label"] = [p.split("/")[0] for p in rows["path"]]
+    rows["fold"] = np.arange(len(rows)) % 2
+    run = model_run(tmp_path / "runs", data, rows, arch="test_efficientnet", classes={"label": classes})
+    # The out-of-fold rows the rule is tuned on: an imbalanced problem (the images only need paths).
+    z, y = imbalanced(1200, seed=6)
+    oof = pd.DataFrame({"path": [f"o{i}.png" for i in range(1200)], "label": np.array(classes)[y],
+                        "fold": np.arange(1200) % 2})
+    write_oof(run, oof, np.exp(z), classes)
+
+    plain = predict(run, data, tta="none", workers=0, progress=False, write=False)
+    assert plain.decision is None and plain.decision_rule == "argmax"
+    result = predict(run, data, tta="none", workers=0, progress=False, name="tuned", calibrate="temperature",
+                     decide="f1")
+    calibration = run.summary["calibration"]["label"]  # fitted on first use, recorded in the run
+    np.testing.assert_allclose(result.probs["label"], apply_calibration(plain.probs["label"], calibration), rtol=1e-6)
+    assert result.decision.rule == "f1_offsets" and result.decision.gain > 0
+    expected = apply_offsets(log_probs(result.probs["label"]), result.decision.offsets)
+    sub = pd.read_csv(result.files["csv"])
+    assert sub["label"].tolist() == [classes[i] for i in expected]
+    info = json.loads(result.files["json"].read_text())
+    assert info["decision"] == "macro-F1 offsets on the log-probabilities"
+    assert info["calibration"]["method"] == "temperature"
+    assert info["calibration"]["label"]["temperature"] == pytest.approx(calibration["temperature"]["temperature"])
+    assert info["scores"]["n"] == 12  # the decided labels are what is scored
+    with pytest.raises(UsageError, match="--decide"):
+        predict(run, data, decide="top1", workers=0, progress=False, write=False)

@@ -258,3 +258,20 @@ def test_prediction_files_as_members(runs, tmp_path):
         ensemble([probs, runs["resnet"].path], weights="fit", write=False, runs_root=runs["root"])
     with pytest.raises(DataError, match="prediction set 'nope' is missing"):
         ensemble([runs["ce"].path, runs["focal"].path], predictions="nope", write=False)
+
+
+def test_training_records_calibration_and_the_ensemble_calibrates_members(runs):
+    from toolkit.calibration import apply_calibration
+
+    summary = runs["ce"].summary
+    record = summary["calibration"]["label"]  # fitted when training finished
+    assert record["crossfit"] and record["folds"] == 3 and record["rows"] == summary["oof_rows"]
+    assert record["temperature"]["temperature"] > 0 and len(record["temperature"]["per_fold"]) == 3
+    result = ensemble([runs["ce"].path, runs["focal"].path], calibrate="temperature", runs_root=runs["root"],
+                      write=False)
+    oof = runs["ce"].read_oof()
+    member = result.members[0]
+    np.testing.assert_allclose(member.oof[CLASSES].to_numpy(),
+                               apply_calibration(oof[CLASSES].to_numpy(dtype=np.float64), record), rtol=1e-5)
+    assert result.summary()["calibration"]["members"]["ce"]["temperature"] == record["temperature"]["temperature"]
+    assert result.summary()["decision"]["applied"] == "argmax of the soft vote"
