@@ -49,6 +49,7 @@ app.command("ensemble")(ensemble_cmd.ensemble)
 app.command("clean")(clean_cmd.clean)
 app.command("report")(report_cmd.report)
 app.command("sweep")(sweep_cmd.sweep)
+app.command("sweep-trial", hidden=True)(sweep_cmd.sweep_trial)
 app.command("export")(export_cmd.export)
 app.command("explain")(explain_cmd.explain)
 

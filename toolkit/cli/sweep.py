@@ -23,6 +23,10 @@ def sweep(
     storage: Annotated[str | None, typer.Option("--storage", metavar="URL", help="postgresql://user:pass@host/db "
                                                 "(or mysql://…) for workers on many machines, or a journal file path "
                                                 "[default: RUNS/studies/STUDY.journal].", show_default=False)] = None,
+    launch: Annotated[str | None, typer.Option("--launch", metavar="COMMAND", help="Train each trial under this "
+                                               "launcher, e.g. \"accelerate launch --multi_gpu --num_processes 2\" "
+                                               "(clsctl adds -m toolkit …) [default: in this process].",
+                                               show_default=False)] = None,
     runs: RunsOpt = None,
 ) -> None:
     """Search the recipe's [sweep] space with Optuna: each trial is a train run, pruned when its first epochs
@@ -30,6 +34,7 @@ def sweep(
 
     Example: clsctl sweep --recipe r.toml --trials 12
     Also: clsctl sweep --recipe r.toml --storage postgresql://me:secret@db-host/sweeps   (on every machine)
+    Also: clsctl sweep --recipe r.toml --launch "accelerate launch --multi_gpu --num_processes 4"   (4-GPU trials)
     """
     from toolkit.cli.progress import progress_display
     from toolkit.config.loader import load_recipe
@@ -41,8 +46,30 @@ def sweep(
     loaded = load_recipe(recipe, set_ or [])
     with progress_display() as progress:
         result = run_and_report(loaded, study=study or loaded.name or recipe.stem, storage=storage, trials=trials,
-                                timeout=timeout, runs_root=runs, progress=progress)
+                                timeout=timeout, runs_root=runs, progress=progress, launch=launch)
     _print(result)
+
+
+def sweep_trial(
+    spec: Annotated[str | None, typer.Argument(help="The trial's spec file, written by the worker.")] = None,
+    probe: Annotated[bool, typer.Option("--probe", help="Only say how many processes the launch started.")] = False,
+) -> None:
+    """One trial of `clsctl sweep --launch`, in each process the launcher starts (not for direct use).
+
+    Example: accelerate launch --num_processes 2 -m toolkit sweep-trial SPEC.json   (what --launch runs)
+    """
+    from toolkit.cli.progress import progress_display
+    from toolkit.errors import UsageError
+    from toolkit.sweep.trial_process import probe as answer_probe
+    from toolkit.sweep.trial_process import run_trial
+
+    if probe:
+        answer_probe()
+        return
+    if spec is None:
+        raise UsageError("no trial spec given", "sweep-trial runs under `clsctl sweep --launch` only")
+    with progress_display() as progress:
+        run_trial(spec, progress=progress)
 
 
 def _print(result: Any) -> None:

@@ -126,8 +126,9 @@ def plan_sweep(recipe: Recipe, *, study: str | None = None, trials: int | None =
     from toolkit.metrics import metric_direction
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise UsageError("clsctl sweep runs each trial in its own process, not under a multi-process `accelerate launch`",
-                         "run `clsctl sweep` once per GPU, on one study (they share the storage)")
+        raise UsageError("clsctl sweep is one worker process, not a multi-process `accelerate launch`",
+                         'for trials on several GPUs pass --launch "accelerate launch --multi_gpu --num_processes N"; '
+                         "for one trial per GPU run `clsctl sweep` once per GPU on one study")
     cfg = recipe.sweep
     params = parse_space(recipe)
     base = base_recipe(recipe)
@@ -206,15 +207,22 @@ def make_sampler(plan: SweepPlan, existing: int = 0) -> optuna.samplers.BaseSamp
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.startup_trials, constant_liar=True)
 
 
-def make_pruner(plan: SweepPlan) -> optuna.pruners.BasePruner:
-    """Optuna's pruner for ``sweep.pruner``."""
+def pruner_settings(plan: SweepPlan) -> dict[str, Any]:
+    """What :func:`make_pruner` needs, JSON-ready: a trial's own processes build the same pruner from it."""
+    cfg = plan.recipe.sweep
+    return {"pruner": cfg.pruner, "startup_trials": cfg.startup_trials, "warmup_epochs": cfg.warmup_epochs,
+            "p_threshold": cfg.p_threshold}
+
+
+def make_pruner(plan: SweepPlan | dict[str, Any]) -> optuna.pruners.BasePruner:
+    """Optuna's pruner for ``sweep.pruner``, from a plan or its :func:`pruner_settings`."""
     import optuna
 
-    cfg = plan.recipe.sweep
-    if cfg.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=cfg.startup_trials, n_warmup_steps=cfg.warmup_epochs)
-    if cfg.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=max(1, cfg.warmup_epochs))
-    if cfg.pruner == "wilcoxon":
-        return optuna.pruners.WilcoxonPruner(p_threshold=cfg.p_threshold)
+    cfg = pruner_settings(plan) if isinstance(plan, SweepPlan) else plan
+    if cfg["pruner"] == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=cfg["startup_trials"], n_warmup_steps=cfg["warmup_epochs"])
+    if cfg["pruner"] == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, cfg["warmup_epochs"]))
+    if cfg["pruner"] == "wilcoxon":
+        return optuna.pruners.WilcoxonPruner(p_threshold=cfg["p_threshold"])
     return optuna.pruners.NopPruner()

@@ -12,6 +12,10 @@ SIGTERM, a lost machine) is failed and queued again by the next trial any worker
 invocation (see :mod:`toolkit.sweep.storage`). Queued trials run even when the study has its
 ``sweep.trials``, so none is lost. A retry continues the same run folder from its last saved epoch when it
 runs on the machine that has it.
+
+With ``launch`` (``accelerate launch --multi_gpu …``) each trial is trained by the processes that command
+starts, not in the worker; the worker still asks for the trials and tells the study how each ended (see
+:mod:`toolkit.sweep.launch`).
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from toolkit.config.schema import Recipe
 from toolkit.errors import RecipeError, RunError, TrainingError, UsageError
 from toolkit.progress import Progress, as_progress
 from toolkit.store import Run, RunStatus, RunStore, default_runs_root, is_run_dir, slugify
-from toolkit.sweep.plan import SweepPlan, check_names, make_pruner, make_sampler, plan_sweep
+from toolkit.sweep.launch import Launcher, check_launch, run_trial_processes
+from toolkit.sweep.plan import SweepPlan, check_names, make_pruner, make_sampler, plan_sweep, pruner_settings
 from toolkit.sweep.pruning import TrialReport
 from toolkit.sweep.space import suggest, trial_recipe
 from toolkit.sweep.storage import default_storage_path, describe_storage, open_storage
@@ -68,7 +73,7 @@ class SweepResult:
 
 def run_sweep(recipe: Recipe, *, study: str | None = None, storage: str | os.PathLike[str] | None = None,
               trials: int | None = None, timeout: float | None = None, runs_root: str | os.PathLike[str] | None = None,
-              progress: Progress | bool | None = None) -> SweepResult:
+              progress: Progress | bool | None = None, launch: str | None = None) -> SweepResult:
     """Run (or join, or continue) the study of ``recipe``'s ``[sweep]`` section.
 
     Args:
@@ -80,13 +85,17 @@ def run_sweep(recipe: Recipe, *, study: str | None = None, storage: str | os.Pat
         timeout: Overrides ``sweep.timeout`` (seconds this invocation starts trials for).
         runs_root: Folder of run folders (default ``$CLSCTL_RUNS`` or ``./runs``).
         progress: Where progress goes; None prints plain lines, False shows nothing.
+        launch: A launcher each trial is trained under, e.g. ``accelerate launch --multi_gpu
+            --num_processes 2`` (clsctl adds ``-m toolkit …``); None trains each trial in this process.
 
     Raises:
         RecipeError: The sweep or a value it can give a trial is invalid (before any trial).
-        UsageError: The study was started with another space, metric or base recipe, or the storage is unusable.
+        UsageError: The study was started with another space, metric or base recipe, the storage is
+            unusable, or ``launch`` does not run.
         DataError: The data cannot be used (from the first trial).
     """
     plan = plan_sweep(recipe, study=study, trials=trials, timeout=timeout)
+    launcher = check_launch(launch) if launch is not None else None
     check_names(plan)
     import optuna
 
@@ -105,8 +114,9 @@ def run_sweep(recipe: Recipe, *, study: str | None = None, storage: str | os.Pat
     described = describe_storage(location)
     run = RunStore(root).create("sweep", name=plan.study, recipe=recipe, seed=cfg.seed, extra={
         "study": plan.study, "storage": described, "sampler": cfg.sampler, "pruner": cfg.pruner,
-        "metric": plan.metric, "direction": plan.direction})
-    worker = _Worker(plan, opened, run, root, described, shown)
+        "metric": plan.metric, "direction": plan.direction,
+        **({"launch": launcher.command, "trial_processes": launcher.processes} if launcher else {})})
+    worker = _Worker(plan, opened, run, root, described, shown, launcher=launcher, location=location)
     with run.activate():
         optuna.storages.fail_stale_trials(opened)  # a dead worker's trial is queued again, and run below
         done = _finished(opened)
@@ -114,6 +124,8 @@ def run_sweep(recipe: Recipe, *, study: str | None = None, storage: str | os.Pat
                   + ", ".join(f"{p.key} {p.describe()}" for p in plan.params))
         if baseline:
             shown.log(f"the first trial is the recipe's own values ({baseline})")
+        if launcher is not None:
+            shown.log(f"each trial runs as {launcher.processes} process(es): {launcher.command}")
         if plan.trials is not None and done >= plan.trials and not _waiting(opened):
             shown.log(f"study {plan.study} already has {done} finished trial(s) (sweep.trials = {plan.trials}): "
                       "nothing to run; pass --trials N to run more")
@@ -186,8 +198,9 @@ class _Worker:
     """The objective of one worker: each call trains one trial's run and returns its score."""
 
     def __init__(self, plan: SweepPlan, study: optuna.Study, run: Run, root: Path, storage: str,
-                 progress: Progress) -> None:
+                 progress: Progress, launcher: Launcher | None = None, location: str | None = None) -> None:
         self.plan, self.study, self.run, self.root, self.storage, self.progress = plan, study, run, root, storage, progress
+        self.launcher, self.location = launcher, location
         self.ran: list[int] = []
         self.failures = 0
 
@@ -227,44 +240,76 @@ class _Worker:
         if resume is not None:
             self.progress.log(f"trial {trial.number}: continues run {resume.id}")
         try:
-            from toolkit.train.api import train
-
             if resume is not None and _all_folds_done(resume):
-                trained = resume  # its worker died after training, before telling the study
+                trained, pruned = resume, None  # its worker died after training, before telling the study
                 started(trained)
+            elif self.launcher is not None:
+                trained, pruned = self._launched(trial, recipe, record, resume)
             else:
+                from toolkit.train.api import train
+
                 trained = train(recipe, runs_root=self.root, name=f"{plan.study}-t{trial.number}",
                                 folds=None if resume is not None else plan.folds, resume=resume,
                                 callbacks=[reporter], progress=self.progress, parents=[self.run.id])
+                pruned = reporter.pruned
         except (KeyboardInterrupt, SystemExit) as exc:
+            attrs = self._stored_attrs(trial)
             if isinstance(exc, KeyboardInterrupt):
                 # Optuna records it failed; a copy is queued with the run folder, so the next invocation
                 # continues it from its last epoch. (SIGTERM leaves it running: the heartbeat check retries it.)
                 trial.set_user_attr("interrupted", True)
-                self.study.enqueue_trial(values, user_attrs=dict(trial.user_attrs))
-            self._record(reporter, record, "interrupted", error="interrupted")
+                self.study.enqueue_trial(values, user_attrs={**attrs, "interrupted": True})
+            self._record(attrs.get("run"), record, "interrupted", error="interrupted")
             # Not the trainer's `clsctl train --resume`: that would finish the run outside the study.
             exc.__notes__ = [f"run the same clsctl sweep again: it continues study {plan.study}, and trial "
                              f"{trial.number} in its run folder"]
             raise
         except Exception as exc:
             trial.set_user_attr("error", str(exc))
-            self._record(reporter, record, "failed", error=str(exc))
+            self._record(self._stored_attrs(trial).get("run"), record, "failed", error=str(exc))
             raise
-        if reporter.pruned is not None:
-            trial.set_user_attr("pruned_at", reporter.pruned)
-            trained.write_trial({**record, "state": "pruned", "pruned_at": reporter.pruned})
-            raise optuna.TrialPruned(f"pruned at step {reporter.pruned['step']}")
+        if pruned is not None:
+            trial.set_user_attr("pruned_at", pruned)
+            trained.write_trial({**record, "state": "pruned", "pruned_at": pruned})
+            raise optuna.TrialPruned(f"pruned at step {pruned['step']}")
         value = _score(trained, plan.metric)
         trained.write_trial({**record, "state": "complete", "value": value})
         self.progress.log(f"trial {trial.number}: {plan.metric} {value:.4f} ({trained.id})")
         return value
 
-    def _record(self, reporter: TrialReport, record: dict[str, Any], state: str, error: str) -> None:
-        if reporter.run is not None:
+    def _launched(self, trial: optuna.Trial, recipe: Recipe, record: dict[str, Any],
+                  resume: Run | None) -> tuple[Run, dict[str, Any] | None]:
+        """Train the trial under the launcher: its run, and where it was pruned (None if it was not)."""
+        plan, cfg = self.plan, self.plan.recipe.sweep
+        assert self.launcher is not None and self.location is not None
+        spec = {"study": plan.study, "number": trial.number, "recipe": recipe.to_toml(), "runs_root": str(self.root),
+                "name": f"{plan.study}-t{trial.number}", "folds": None if resume is not None else plan.folds,
+                "resume": str(resume.path) if resume is not None else None, "parents": [self.run.id],
+                "metric": plan.metric, "report": plan.report, "epochs": recipe.train.epochs,
+                "pruner": pruner_settings(plan), "record": record, "heartbeat": cfg.heartbeat, "retries": cfg.retries}
+        result = run_trial_processes(self.launcher, spec, self.location, on_line=self.progress.log)
+        if result.get("run"):
+            trial.set_user_attr("run", result["run"])  # the trial's processes recorded it in the storage too
+        if result["state"] == "interrupted":
+            raise TrainingError("the trial's processes were stopped by a signal the worker did not send",
+                                "see the trial's run folder")
+        if result["state"] == "failed":
+            raise TrainingError(str(result.get("error") or "the trial's processes failed"))
+        return Run(result["run"]), result.get("pruned_at")
+
+    def _stored_attrs(self, trial: optuna.Trial) -> dict[str, Any]:
+        """The trial's attributes as stored: what this process set, and what the trial's own processes did."""
+        try:
+            stored = [t for t in self.study.get_trials(deepcopy=False) if t.number == trial.number]
+        except Exception:  # the storage itself may be what failed the trial: its error is the one to show
+            stored = []
+        return {**(stored[0].user_attrs if stored else {}), **trial.user_attrs}
+
+    def _record(self, run: str | None, record: dict[str, Any], state: str, error: str) -> None:
+        if run is not None and is_run_dir(run):
             # The trial's end is in the study and in run.json; a full disk must not hide the real error.
-            with contextlib.suppress(OSError):
-                reporter.run.write_trial({**record, "state": state, "error": error})
+            with contextlib.suppress(OSError, RunError):
+                Run(run).write_trial({**record, "state": state, "error": error})
 
     def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """Stop at ``sweep.trials`` finished trials, or after repeated failures of this worker."""
