@@ -104,6 +104,11 @@ def _print(result: Any) -> None:
         console.print(f"composed {result.composed['into']} ({len(result.classes)} classes) from {parts}")
     if result.calibration is not None:
         console.print(f"calibrated ({result.calibration['method']}): {result.calibration['where']}")
+        for member, c in (result.calibration.get("members") or {}).items():
+            if c is not None:
+                param = f"T={c['temperature']:.3f}" if "temperature" in c else "per-class scales and biases"
+                console.print(f"  {member} ({param}): out-of-fold NLL {c['before']['nll']:.4f} → {c['after']['nll']:.4f}, "
+                              f"ECE {c['before']['ece']:.4f} → {c['after']['ece']:.4f} (after: cross-fitted by fold)")
     for note in result.notes:
         console.print(f"note: {note}")
     console.print(f"decision: {result.decision_rule}")

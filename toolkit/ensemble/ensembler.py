@@ -283,7 +283,10 @@ def ensemble(refs: Sequence[str | Path], *, vote: str = "soft", weights: str | S
     test_frame = submission = None
     missing_test = [m.name for m in members if m.test is None]
     if missing_test:
-        if any(m.test is not None for m in members) or any(m.is_run for m in members):
+        if len(members) == 1 and (members[0].is_run or members[0].parts):
+            result.notes.append(f"no test predictions: {members[0].name} has no prediction set "
+                                "(clsctl predict RUN DATA --name NAME)")
+        elif any(m.test is not None for m in members) or any(m.is_run for m in members):
             result.notes.append(f"no test predictions: member(s) {', '.join(missing_test)} have no prediction set "
                                 "in common with the others (clsctl predict RUN DATA --name NAME)")
     else:
