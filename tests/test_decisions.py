@@ -256,3 +256,15 @@ def test_predict_calibrates_and_decides_with_the_runs_out_of_fold_rows(tmp_path,
     assert info["scores"]["n"] == 12  # the decided labels are what is scored
     with pytest.raises(UsageError, match="--decide"):
         predict(run, data, decide="top1", workers=0, progress=False, write=False)
+
+
+def test_predict_refuses_a_tuned_decision_on_a_multihead_run_pointing_to_compose(parts, tmp_path):
+    from toolkit.predict.decided import run_decision
+    from toolkit.store import RunStore
+
+    multi = RunStore(tmp_path / "mh").create("train", name="multi")
+    multi.update_summary({"heads": list(PARTS), "classes": PARTS})
+    with pytest.raises(UsageError, match="several heads") as err:
+        run_decision(multi, "f1", None, None)
+    assert f"--compose mask={multi.id} gender={multi.id} age={multi.id}" in err.value.hint
+    assert run_decision(multi, "argmax", None, None) is None
