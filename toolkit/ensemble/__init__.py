@@ -6,9 +6,16 @@ Public API::
     result = ensemble(["runs/*-ce", "runs/*-focal"], vote="soft", select="greedy", bags=20)
     result.oof_score, result.crossfit_score, result.weights
 
+    # one run, or several, with decisions tuned for macro-F1 (kept only when the cross-fitted gain is positive)
+    ensemble(["runs/*-ce"], calibrate="temperature", decide="f1").decision.summary()
+    # separately trained attribute runs multiplied into the recipe's [targets.combine] label
+    ensemble(["mask=runs/<a>", "gender=runs/<b>", "age=runs/<c>"], compose=True, into="label18")
+
 Lower-level pieces: :mod:`toolkit.ensemble.voting` (``combine``, ``soft_vote``, ``hard_vote``,
 ``rank_average``), :mod:`toolkit.ensemble.selection` (``fit_weights``, ``greedy_select``,
-``bagged_greedy``, ``crossfit_labels``), :mod:`toolkit.ensemble.members` (loading and alignment).
+``bagged_greedy``, ``crossfit_labels``), :mod:`toolkit.ensemble.members` (loading and alignment),
+:mod:`toolkit.ensemble.compose` (per-attribute composition); the math of calibration and decisions
+is :mod:`toolkit.calibration` and :mod:`toolkit.decisions`.
 """
 
 from __future__ import annotations

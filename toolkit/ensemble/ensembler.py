@@ -5,10 +5,14 @@ The result is an ``ensemble`` run (parents = the member runs)::
     runs/<time>-<name>/
       run.json                     kind ensemble, parents
       oof.parquet                  the ensemble's out-of-fold scores (same schema as a train run's)
-      summary.json                 members, weights, how they were chosen, OOF scores, per-class table
+      summary.json                 members, weights, how they were chosen, OOF scores, per-class table,
+                                   the decision rule (and its cross-fitted gain), calibration, composition
       predictions/<NAME>.parquet   the ensemble of the members' common prediction set, and <NAME>.csv
+      predictions/<NAME>.json      how the submission's labels were decided
 
-Out-of-fold rows are aligned by id; members must agree on class names and labels.
+Out-of-fold rows are aligned by id; members must agree on class names and labels. With ``decide="f1"``
+the submitted labels are ``argmax(log score + offsets)``; the offsets' cross-fit re-chooses fitted
+weights without each fold as well, so the reported gain is nested, never in-sample.
 """
 
 from __future__ import annotations
