@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.ensemble.voting import combine, member_arrays, normalize_weights
+from toolkit.ensemble.voting import combine, is_labels, member_arrays, normalize_weights
 from toolkit.errors import UsageError
 
 METRICS = ("macro_f1", "accuracy")
@@ -47,23 +47,72 @@ def fast_score(y: np.ndarray, pred: np.ndarray, n_classes: int, metric: str) -> 
     return float(f1.mean())
 
 
-def _log_loss(scores: np.ndarray, y: np.ndarray) -> float:
-    p = np.clip(scores[np.arange(len(y)), y], 1e-15, 1.0)
-    return float(-np.log(p).mean())
-
-
 class _Objective:
-    """Score weight vectors on fixed rows, reusing the members' voting arrays."""
+    """Score weight vectors on fixed rows, reusing the members' voting arrays.
+
+    A vote is an argmax of ``Σ w_m · a_m``, so it is summed member by member (no ``[M, N, C]`` stack, which
+    for 10 members × 100,000 rows × 500 classes would be 4 GiB) and greedy selection scores each
+    candidate as one addition to the running sum of the members picked so far (:meth:`extended`), one
+    ``N × C`` pass per candidate instead of one per member. Soft votes read the members' own float32
+    probabilities; only the sums are float64.
+    """
 
     def __init__(self, kind: str, members: Sequence[np.ndarray], y: np.ndarray, n_classes: int, metric: str) -> None:
         self.kind, self.members, self.y, self.n_classes, self.metric = kind, list(members), y, n_classes, metric
-        self.arrays = member_arrays(kind, self.members, n_classes)
+        if kind == "soft" and not any(is_labels(m) for m in self.members):
+            self.arrays = [np.asarray(m) for m in self.members]
+        elif kind == "rank":
+            # Normalized ranks are multiples of 1 / (2 (N - 1)) (average ranks end in .5): scaled to whole
+            # numbers their weighted sums are exact, so a tie between classes is a tie whatever the order
+            # of summation, and goes to the earlier class.
+            scale = 2.0 * max(1, len(y) - 1)
+            self.arrays = [np.rint(a * scale) for a in member_arrays(kind, self.members, n_classes)]
+        else:
+            self.arrays = member_arrays(kind, self.members, n_classes)
+        self.rows = np.arange(len(y))
+
+    def total(self, weights: np.ndarray) -> np.ndarray:
+        """``Σ weights_m · a_m`` (unnormalized)."""
+        raw = np.zeros((len(self.y), self.n_classes))
+        for w, array in zip(weights, self.arrays, strict=True):
+            if w:
+                raw += w * array if w != 1 else array
+        return raw
 
     def __call__(self, weights: np.ndarray) -> tuple[float, float]:
-        scores, labels = combine(self.kind, self.members, weights, self.n_classes, arrays=self.arrays)
+        weights = np.asarray(weights, dtype=np.float64)
+        return self._score(self.total(weights), weights)
+
+    def extended(self, running: np.ndarray, counts: np.ndarray, m: int) -> tuple[float, float]:
+        """The score of ``counts`` plus one more of member ``m``, where ``running`` is ``total(counts)``."""
+        trial = counts.copy()
+        trial[m] += 1
+        return self._score(running + self.arrays[m], trial)
+
+    def _score(self, raw: np.ndarray, weights: np.ndarray) -> tuple[float, float]:
+        labels = raw.argmax(axis=1)
+        if self.kind == "hard":
+            self._break_ties(raw, labels, weights)
         value = fast_score(self.y, labels, self.n_classes, self.metric)
-        tie = -_log_loss(scores, self.y) if self.kind == "soft" else 0.0
-        return value, tie
+        if self.kind != "soft":
+            return value, 0.0
+        # soft: the tie-breaker is the log loss of the normalized vote, so only the labels' column is divided
+        p = np.clip(raw[self.rows, self.y] / weights.sum(), 1e-15, 1.0)
+        return value, float(np.log(p).mean())
+
+    def _break_ties(self, raw: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> None:
+        """Tied hard votes as :func:`~toolkit.ensemble.voting.combine` breaks them: mean probability, then the earlier class."""
+        top = raw.max(axis=1, keepdims=True)
+        tied = raw >= top - 1e-9 * weights.sum()  # combine compares shares of normalized weights
+        multi = np.flatnonzero(tied.sum(axis=1) > 1)
+        if not multi.size:
+            return
+        keep = [(m, w) for m, w in zip(self.members, weights, strict=True) if not is_labels(m) and w > 0]
+        if not keep:
+            labels[multi] = tied[multi].argmax(axis=1)
+            return
+        probs = sum(np.asarray(m, dtype=np.float64)[multi] * w for m, w in keep)
+        labels[multi] = np.where(tied[multi], probs, -np.inf).argmax(axis=1)
 
 
 def fit_weights(members: Sequence[np.ndarray], y: np.ndarray, n_classes: int, *, vote: str = "soft",
@@ -116,15 +165,15 @@ def greedy_select(members: Sequence[np.ndarray], y: np.ndarray, n_classes: int, 
     best_counts, best_score = None, -math.inf
     path: list[dict[str, Any]] = []
     patience, stale = max(3, len(allowed)), 0
+    running = np.zeros((len(y), n_classes))  # Σ counts_m · a_m of the members picked so far
     for step in range(steps):
         pick, pick_score = None, (-math.inf, -math.inf)
         for m in allowed:
-            trial = counts.copy()
-            trial[m] += 1
-            score = objective(trial)
+            score = objective.extended(running, counts, m)
             if score > pick_score:
                 pick, pick_score = m, score
         counts[pick] += 1
+        running += objective.arrays[pick]
         path.append({"step": step + 1, "member": int(pick), "score": float(pick_score[0])})
         if pick_score[0] > best_score + 1e-12:
             best_score, best_counts, stale = pick_score[0], counts.copy(), 0
