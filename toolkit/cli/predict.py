@@ -105,7 +105,7 @@ def _print(result: Any) -> None:
                 console.print(f"calibrated {head} ({result.calibration['method']}): out-of-fold NLL "
                               f"{params['before']['nll']:.4f} → {params['after']['nll']:.4f}, ECE "
                               f"{params['before']['ece']:.4f} → {params['after']['ece']:.4f} (cross-fitted)")
-    console.print(f"decision: {result.decision_rule}")
+    console.print(f"decision: {result.decision_rule}" + (f" ({result.decision.note})" if result.decision else ""))
     if result.scores is not None:
         s = result.scores
         if s["n"] < result.n:

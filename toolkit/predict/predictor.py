@@ -370,10 +370,8 @@ def predict(run, data: str | Path, *, tta: str | Sequence[str] | None = None, fo
         main=main, unscored=dict(inputs.unscored), notes=list(inputs.notes), decision=decision,
         calibration=None if calibration is None else {"method": calibrate, **{h: _params(calibration[h], calibrate)
                                                                               for h in heads}})
-    if decision is not None:
-        result.notes.append(decision.note)
-        if decision.offsets is not None:
-            result.labels = decision.decide(log_probs(probs[heads[0]]))
+    if decision is not None and decision.offsets is not None:
+        result.labels = decision.decide(log_probs(probs[heads[0]]))
     if inputs.labeled:
         rows = inputs.scored_rows
         result.scores = score_predictions({h: t[rows] for h, t in inputs.targets.items()},
