@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from toolkit.decisions import macro_f1
 from toolkit.ensemble.voting import combine, is_labels, member_arrays, normalize_weights
 from toolkit.errors import UsageError
 
@@ -33,18 +34,13 @@ WEIGHT_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 
 
 def fast_score(y: np.ndarray, pred: np.ndarray, n_classes: int, metric: str) -> float:
-    """Macro-F1 over all ``n_classes`` (absent classes count 0, as ``classification_metrics``) or accuracy."""
-    y = np.asarray(y, dtype=np.int64)
-    pred = np.asarray(pred, dtype=np.int64)
+    """Macro-F1 over all ``n_classes`` (:func:`toolkit.decisions.macro_f1`) or accuracy."""
     if metric == "accuracy":
-        return float((y == pred).mean()) if y.size else 0.0
+        y = np.asarray(y, dtype=np.int64)
+        return float((y == np.asarray(pred, dtype=np.int64)).mean()) if y.size else 0.0
     if metric != "macro_f1":
         raise UsageError(f"--metric {metric!r} is not one of {', '.join(METRICS)}", "use macro_f1 or accuracy")
-    cm = np.bincount(y * n_classes + pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
-    tp = np.diag(cm).astype(np.float64)
-    denom = cm.sum(axis=0) + cm.sum(axis=1)  # 2tp + fp + fn
-    f1 = np.divide(2 * tp, denom, out=np.zeros(n_classes), where=denom > 0)
-    return float(f1.mean())
+    return macro_f1(y, pred, n_classes)
 
 
 class _Objective:
@@ -210,6 +206,18 @@ def bagged_greedy(members: Sequence[np.ndarray], y: np.ndarray, n_classes: int, 
     return normalize_weights(total, m), runs
 
 
+def _fits_float32(member: np.ndarray) -> bool:
+    """Whether float64 probabilities are float32 ones widened (as read from ``oof.parquet``).
+
+    The other folds' rows are copied once per fold; such members are copied as float32, which holds the
+    very same values in half the memory (1.5 GiB less for ten members × 80,000 rows × 500 classes).
+    """
+    member = np.asarray(member)
+    if member.dtype != np.float64 or member.ndim != 2:
+        return False
+    return all(np.array_equal(part, part.astype(np.float32)) for part in np.array_split(member, 16))
+
+
 def crossfit_labels(choose: Callable[[list[np.ndarray], np.ndarray], np.ndarray], members: Sequence[np.ndarray],
                     y: np.ndarray, folds: np.ndarray, vote: str, n_classes: int) -> np.ndarray | None:
     """Labels where each fold's rows are voted with weights chosen on the other folds' rows.
@@ -221,9 +229,13 @@ def crossfit_labels(choose: Callable[[list[np.ndarray], np.ndarray], np.ndarray]
     if len(ids) < 2:
         return None
     labels = np.full(len(y), -1, dtype=np.int64)
+    narrow = [_fits_float32(mm) for mm in members]
     for f in ids:
         held = folds == f
-        weights = choose([np.asarray(mm)[~held] for mm in members], np.asarray(y)[~held])
+        rest = [np.asarray(mm)[~held].astype(np.float32) if small else np.asarray(mm)[~held]
+                for mm, small in zip(members, narrow, strict=True)]
+        weights = choose(rest, np.asarray(y)[~held])
+        del rest
         _, lab = combine(vote, [np.asarray(mm)[held] for mm in members], weights, n_classes)
         labels[held] = lab
     rest = labels < 0

@@ -88,6 +88,18 @@ def _tie_probs(members: Sequence[np.ndarray], w: np.ndarray) -> np.ndarray | Non
     return sum(np.asarray(m, dtype=np.float64) * wi for m, wi in keep) / total
 
 
+def _weighted_sum(w: np.ndarray, arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """``Σ w_m · a_m`` member by member: stacking first would hold every member twice (4 GiB more for
+    ten members × 100,000 rows × 500 classes)."""
+    raw = np.zeros(np.shape(arrays[0]), dtype=np.float64)
+    term = np.empty_like(raw)
+    for wi, array in zip(w, arrays, strict=True):
+        if wi:
+            np.multiply(array, wi, out=term)
+            raw += term
+    return raw
+
+
 def combine(kind: str, members: Sequence[np.ndarray], weights: Sequence[float] | np.ndarray | None = None,
             n_classes: int | None = None, arrays: Sequence[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Vote.
@@ -108,7 +120,7 @@ def combine(kind: str, members: Sequence[np.ndarray], weights: Sequence[float] |
         n_classes = next(np.asarray(m).shape[1] for m in members if not is_labels(m))
     w = normalize_weights(weights, len(members))
     arrays = arrays if arrays is not None else member_arrays(kind, members, n_classes)
-    raw = np.tensordot(w, np.stack(arrays), axes=1)  # [N, C]
+    raw = _weighted_sum(w, arrays)  # [N, C]
     if kind == "hard":
         labels = raw.argmax(axis=1)
         top = raw.max(axis=1, keepdims=True)
