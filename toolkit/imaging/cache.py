@@ -18,7 +18,7 @@ it. Whatever the writers do between listings then adds at most that twentieth, s
 under the budget as long as the writers are counted right: the processes of :func:`warm_cache`'s pool
 and the workers of a DataLoader are (more processes than that, e.g. several DDP ranks, each add their
 own share). Listing only that often keeps the cost per write constant however many entries the
-folder holds: about twenty ``stat`` calls per write, amortised.
+folder holds: about twenty ``stat`` calls per entry written and per concurrent writer, amortised.
 
 Training and prediction read images through the same :func:`image_loader`, so the pixels a model
 is evaluated on come from exactly the same decode and downscale it was trained on.
