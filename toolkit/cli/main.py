@@ -18,6 +18,7 @@ import typer
 from toolkit import __version__
 from toolkit.cli import aug as aug_cmd
 from toolkit.cli import clean as clean_cmd
+from toolkit.cli import demo as demo_cmd
 from toolkit.cli import eda as eda_cmd
 from toolkit.cli import ensemble as ensemble_cmd
 from toolkit.cli import explain as explain_cmd
@@ -52,6 +53,7 @@ app.command("sweep")(sweep_cmd.sweep)
 app.command("sweep-trial", hidden=True)(sweep_cmd.sweep_trial)
 app.command("export")(export_cmd.export)
 app.command("explain")(explain_cmd.explain)
+app.command("demo")(demo_cmd.demo)
 
 
 def _version(value: bool) -> None:
