@@ -77,11 +77,12 @@ def test_temperature_keeps_the_argmax_and_vector_scaling_can_fix_a_bias():
 
 
 def test_ece_matches_the_report_reliability_chart():
-    from toolkit.report.charts import expected_calibration_error as chart_ece
+    from toolkit.report.charts import reliability_chart
 
     probs, y, _ = sampled(500, 2.0, seed=4)
-    assert expected_calibration_error(probs, y) == pytest.approx(
-        chart_ece(probs.max(axis=1), probs.argmax(axis=1) == y))
+    _, chart_ece = reliability_chart(probs.max(axis=1), probs.argmax(axis=1) == y, title="t")
+    assert expected_calibration_error(probs, y) == pytest.approx(chart_ece, abs=1e-15)
+    assert np.isnan(expected_calibration_error(np.zeros((0, 4)), np.zeros(0, dtype=int)))
 
 
 def test_bad_input_is_one_clear_error():

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from toolkit.calibration import top_label_ece
 from toolkit.report.charts import (
     ZOOM_HINT,
     ZOOM_SCRIPT,
     Series,
-    expected_calibration_error,
     heatmap_png,
     line_chart,
     reliability_chart,
@@ -158,35 +158,35 @@ def test_ece_numbers():
     # Every bin's accuracy equals its confidence: perfectly calibrated.
     conf = np.array([0.25] * 4 + [0.75] * 4)
     correct = np.array([1, 0, 0, 0, 1, 1, 1, 0], dtype=bool)
-    assert expected_calibration_error(conf, correct) == pytest.approx(0.0, abs=1e-12)
+    assert top_label_ece(conf, correct) == pytest.approx(0.0, abs=1e-12)
     # Sure of everything, right half the time.
-    assert expected_calibration_error(np.ones(10), np.arange(10) % 2 == 0) == pytest.approx(0.5)
+    assert top_label_ece(np.ones(10), np.arange(10) % 2 == 0) == pytest.approx(0.5)
     # By hand, 2 bins: (0.5·|0.5 − 0.3|) + (0.5·|1 − 0.85|) = 0.1 + 0.075.
-    ece = expected_calibration_error(np.array([0.2, 0.4, 0.9, 0.8]), np.array([0, 1, 1, 1], dtype=bool), bins=2)
+    ece = top_label_ece(np.array([0.2, 0.4, 0.9, 0.8]), np.array([0, 1, 1, 1], dtype=bool), bins=2)
     assert ece == pytest.approx(0.175)
-    assert math.isnan(expected_calibration_error(np.array([]), np.array([], dtype=bool)))
+    assert math.isnan(top_label_ece(np.array([]), np.array([], dtype=bool)))
 
 
 def test_ece_of_sampled_calibrated_predictions_is_small():
     rng = np.random.default_rng(0)
     conf = rng.uniform(0.1, 1.0, 20000)
-    assert expected_calibration_error(conf, rng.uniform(size=conf.size) < conf) < 0.02
+    assert top_label_ece(conf, rng.uniform(size=conf.size) < conf) < 0.02
 
 
 def test_ece_refuses_bad_input():
     with pytest.raises(ValueError):
-        expected_calibration_error(np.array([0.5, 0.6]), np.array([True]))
+        top_label_ece(np.array([0.5, 0.6]), np.array([True]))
     with pytest.raises(ValueError):
-        expected_calibration_error(np.array([1.5]), np.array([True]))
+        top_label_ece(np.array([1.5]), np.array([True]))
     # A float32 softmax may overshoot 1 by a rounding error.
-    assert expected_calibration_error(np.array([1.0000001]), np.array([True])) == pytest.approx(0.0, abs=1e-6)
+    assert top_label_ece(np.array([1.0000001]), np.array([True])) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_reliability_chart_bars_and_ece():
     conf = np.array([0.95, 0.9, 0.85, 0.6, 0.55, 0.2])
     correct = np.array([1, 1, 0, 1, 0, 0], dtype=bool)
     svg, ece = reliability_chart(conf, correct, bins=5, title=f"calibration {HOSTILE}")
-    assert ece == pytest.approx(expected_calibration_error(conf, correct, bins=5))
+    assert ece == pytest.approx(top_label_ece(conf, correct, bins=5))
     root = parse(svg)
     assert root.get("data-zoom") == "1" and "<img" not in str(svg)
     bars = [r for r in root.iter(f"{SVG}rect") if r.find(f"{SVG}title") is not None]

@@ -17,7 +17,7 @@ Choices that change numbers:
 
 * probabilities are clipped to ``[1e-12, 1]`` before the log (a float32 zero would be ``-inf``);
 * ECE is the top-label ECE over 15 equal-width bins, each bin ``(lower, upper]`` (the first also
-  holds 0), as the run report draws it;
+  holds 0); the run report's reliability diagram draws the same bins (:func:`reliability_bins`);
 * vector scaling adds an L2 penalty of ``1e-3`` per row on ``w - 1`` and ``b``, so a class absent from
   the fitting rows keeps finite parameters.
 """
@@ -40,8 +40,10 @@ __all__ = [
     "fit_vector_scaling",
     "log_probs",
     "negative_log_likelihood",
+    "reliability_bins",
     "scale",
     "softmax",
+    "top_label_ece",
 ]
 
 METHODS = ("temperature", "vector")
@@ -76,19 +78,52 @@ def negative_log_likelihood(probs: np.ndarray, y: np.ndarray) -> float:
     return float(-log_probs(probs)[np.arange(y.size), y].mean())
 
 
+def reliability_bins(confidence: np.ndarray, correct: np.ndarray,
+                     bins: int = ECE_BINS) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Rows, accuracy and mean confidence per equal-width bin (0 where a bin is empty); None without rows.
+
+    A bin holds ``(lower, upper]``, the first also 0.
+
+    Raises:
+        ValueError: ``confidence`` and ``correct`` differ in length, ``bins`` is below 1, or a
+            confidence lies outside ``[0, 1]``.
+    """
+    conf = np.asarray(confidence, dtype=np.float64).ravel()
+    hit = np.asarray(correct).ravel().astype(np.float64)
+    if conf.shape != hit.shape or bins < 1:
+        raise ValueError(f"need as many confidences as flags and bins >= 1, got {conf.size}, {hit.size}, {bins}")
+    # float32 softmax outputs overshoot 1 by a rounding error; anything further out is a caller's bug.
+    if conf.size and not (np.all(conf >= -1e-6) and np.all(conf <= 1 + 1e-6)):
+        raise ValueError("confidence must lie in [0, 1]")
+    if conf.size == 0:
+        return None
+    conf = np.clip(conf, 0.0, 1.0)
+    which = np.digitize(conf, np.linspace(0.0, 1.0, bins + 1)[1:-1], right=True)
+    count = np.bincount(which, minlength=bins).astype(np.float64)
+    safe = np.maximum(count, 1.0)
+    return count, np.bincount(which, hit, bins) / safe, np.bincount(which, conf, bins) / safe
+
+
+def top_label_ece(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> float:
+    """``Σ_b (n_b / N)·|accuracy_b − confidence_b|`` of top-label confidences and hits; NaN without rows.
+
+    Raises:
+        ValueError: as :func:`reliability_bins`.
+    """
+    if (stats := reliability_bins(confidence, correct, bins)) is None:
+        return float("nan")
+    count, acc, conf = stats
+    return float(np.sum(count / count.sum() * np.abs(acc - conf)))
+
+
 def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> float:
-    """Top-label ECE: ``Σ_b (n_b / N)·|accuracy_b − confidence_b|`` over equal-width confidence bins."""
+    """Top-label ECE of probability rows against true classes (:func:`top_label_ece`)."""
     p = np.asarray(probs, dtype=np.float64)
     y = np.asarray(y, dtype=np.int64)
     if y.size == 0:
         return float("nan")
-    conf = np.clip(p.max(axis=1), 0.0, 1.0)
-    hit = (p.argmax(axis=1) == y).astype(np.float64)
-    which = np.digitize(conf, np.linspace(0.0, 1.0, bins + 1)[1:-1], right=True)
-    count = np.bincount(which, minlength=bins).astype(np.float64)
-    safe = np.maximum(count, 1.0)
-    gap = np.abs(np.bincount(which, hit, bins) / safe - np.bincount(which, conf, bins) / safe)
-    return float(np.sum(count / count.sum() * gap))
+    # Clipped rather than refused: this module takes scores that need not sum to 1 (see log_probs).
+    return top_label_ece(np.clip(p.max(axis=1), 0.0, 1.0), p.argmax(axis=1) == y, bins)
 
 
 def _check(probs: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -46,12 +46,8 @@ FoldScores = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 def macro_f1(y: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
     """Macro-F1 over all ``n_classes`` (a class with no true and no predicted row scores 0)."""
-    y = np.asarray(y, dtype=np.int64)
     pred = np.asarray(pred, dtype=np.int64)
-    cm = np.bincount(y * n_classes + pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
-    tp = np.diag(cm).astype(np.float64)
-    denom = cm.sum(axis=0) + cm.sum(axis=1)  # 2tp + fp + fn
-    return float(np.divide(2 * tp, denom, out=np.zeros(n_classes), where=denom > 0).mean())
+    return float(_macro_f1_many(np.asarray(y, dtype=np.int64), pred[None, :], n_classes)[0])
 
 
 def _macro_f1_many(y: np.ndarray, preds: np.ndarray, n_classes: int) -> np.ndarray:
@@ -61,7 +57,7 @@ def _macro_f1_many(y: np.ndarray, preds: np.ndarray, n_classes: int) -> np.ndarr
     codes = (np.arange(g)[:, None] * c2 + y[None, :] * n_classes + preds).ravel()
     cm = np.bincount(codes, minlength=g * c2).reshape(g, n_classes, n_classes)
     tp = np.diagonal(cm, axis1=1, axis2=2).astype(np.float64)
-    denom = cm.sum(axis=1) + cm.sum(axis=2)
+    denom = cm.sum(axis=1) + cm.sum(axis=2)  # 2tp + fp + fn
     return np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0).mean(axis=1)
 
 

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 from markupsafe import Markup, escape
 
-__all__ = ["ZOOM_HINT", "ZOOM_SCRIPT", "Series", "expected_calibration_error", "heatmap_png", "line_chart",
-           "reliability_chart"]
+from toolkit.calibration import ECE_BINS, reliability_bins, top_label_ece
+
+__all__ = ["ZOOM_HINT", "ZOOM_SCRIPT", "Series", "heatmap_png", "line_chart", "reliability_chart"]
 
 # matplotlib's tab10: ten colours most readers tell apart; the eleventh series reuses the first.
 _COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
@@ -291,43 +292,7 @@ def line_chart(series: Sequence[Series], *, title: str, x_label: str, y_label: s
     return Markup("".join(out))
 
 
-def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
-    """The top-label expected calibration error (Guo et al. 2017): Σ_b (n_b / N)·|acc_b − conf_b|.
-
-    Args:
-        confidence: The top-label probability of each row, in [0, 1].
-        correct: Whether each row's top label is right.
-        bins: The number of equal-width bins over [0, 1]; a bin holds (lower, upper], the first also 0.
-
-    Returns:
-        The ECE, or NaN when there are no rows.
-    """
-    if (stats := _bin_stats(confidence, correct, bins)) is None:
-        return math.nan
-    count, acc, conf = stats
-    return float(np.sum(count / count.sum() * np.abs(acc - conf)))
-
-
-def _bin_stats(confidence: np.ndarray, correct: np.ndarray,
-               bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """Rows, accuracy and mean confidence per bin (0 where a bin is empty), or None without rows."""
-    conf = np.asarray(confidence, dtype=np.float64).ravel()
-    hit = np.asarray(correct).ravel().astype(np.float64)
-    if conf.shape != hit.shape or bins < 1:
-        raise ValueError(f"need as many confidences as flags and bins >= 1, got {conf.size}, {hit.size}, {bins}")
-    # float32 softmax outputs overshoot 1 by a rounding error; anything further out is a caller's bug.
-    if conf.size and not (np.all(conf >= -1e-6) and np.all(conf <= 1 + 1e-6)):
-        raise ValueError("confidence must lie in [0, 1]")
-    if conf.size == 0:
-        return None
-    conf = np.clip(conf, 0.0, 1.0)
-    which = np.digitize(conf, np.linspace(0.0, 1.0, bins + 1)[1:-1], right=True)
-    count = np.bincount(which, minlength=bins).astype(np.float64)
-    safe = np.maximum(count, 1.0)
-    return count, np.bincount(which, hit, bins) / safe, np.bincount(which, conf, bins) / safe
-
-
-def reliability_chart(confidence: np.ndarray, correct: np.ndarray, *, bins: int = 15, title: str,
+def reliability_chart(confidence: np.ndarray, correct: np.ndarray, *, bins: int = ECE_BINS, title: str,
                       width: int = 300, height: int = 300) -> tuple[Markup, float]:
     """A reliability diagram as an inline, zoomable ``<svg>``, and the expected calibration error.
 
@@ -343,14 +308,14 @@ def reliability_chart(confidence: np.ndarray, correct: np.ndarray, *, bins: int 
         The ``<svg>`` (bars of accuracy per non-empty bin over a faint bar of each bin's share of
         rows, and the diagonal of perfect calibration) and the ECE (NaN without rows).
     """
-    stats = _bin_stats(confidence, correct, bins)
+    stats = reliability_bins(confidence, correct, bins)
     ticks = _nice_ticks(0.0, 1.0)
     frame = _Frame((46, 26, width - 46 - 12, height - 26 - 40), (0.0, 1.0), (0.0, 1.0))
     legend, legend_h = _legend([("accuracy", _COLOURS[0], "box"), ("share of rows", "#d0d0d0", "box"),
                                 ("calibrated", _AXIS, "dashed")], height, width)
     out = _svg_open(width, height + legend_h, title)
     out += _axes(frame, ticks, ticks, "confidence", "accuracy")
-    ece = expected_calibration_error(confidence, correct, bins)
+    ece = top_label_ece(confidence, correct, bins)
     if stats is None:
         out.append(frame.note("no rows"))
     else:
