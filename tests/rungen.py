@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import tomli_w
 
+from toolkit.calibration import log_probs, softmax
 from toolkit.metrics import classification_metrics, cv_summary
 from toolkit.store import Run, RunStore
 from toolkit.store.tables import probability_frame
@@ -38,6 +39,16 @@ def probabilities(labels: np.ndarray, n_classes: int, accuracy: float, seed: int
     probs = rng.random((n, n_classes)) * 0.5
     probs[np.arange(n), pred] += 1.0 + rng.random(n)
     return probs / probs.sum(axis=1, keepdims=True)
+
+
+def imbalanced(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact log-posteriors of two-dimensional Gaussian classes with priors 85 / 10 / 5 %: the argmax is
+    the Bayes rule for accuracy, so it under-predicts the rare classes that macro-F1 weighs equally."""
+    rng = np.random.default_rng(seed)
+    prior, mu = np.array([0.85, 0.10, 0.05]), np.array([[0.0, 0.0], [1.5, 0.0], [0.0, 1.5]])
+    y = rng.choice(3, size=n, p=prior)
+    x = mu[y] + rng.normal(size=(n, 2))
+    return log_probs(softmax(np.log(prior) - 0.5 * ((x[:, None, :] - mu[None]) ** 2).sum(-1))), y
 
 
 def merged(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:

@@ -9,25 +9,15 @@ import numpy as np
 import pandas as pd
 import pytest
 from attrgen import COMBINED, PARTS, attribute_rows, attribute_run, attribute_runs
-from rungen import train_run
+from rungen import imbalanced, train_run
 
-from toolkit.calibration import log_probs, softmax
+from toolkit.calibration import log_probs
 from toolkit.cli.main import run as cli
 from toolkit.decisions import apply_offsets, crossfit_offsets, fit_offsets, macro_f1, tune_decisions
 from toolkit.ensemble import ensemble
 from toolkit.errors import DataError, UsageError
 from toolkit.metrics import classification_metrics
 from toolkit.store.tables import probability_frame
-
-
-def imbalanced(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact log-posteriors of two-dimensional Gaussian classes with priors 85 / 10 / 5 %: the argmax is
-    the Bayes rule for accuracy, so it under-predicts the rare classes that macro-F1 weighs equally."""
-    rng = np.random.default_rng(seed)
-    prior, mu = np.array([0.85, 0.10, 0.05]), np.array([[0.0, 0.0], [1.5, 0.0], [0.0, 1.5]])
-    y = rng.choice(3, size=n, p=prior)
-    x = mu[y] + rng.normal(size=(n, 2))
-    return log_probs(softmax(np.log(prior) - 0.5 * ((x[:, None, :] - mu[None]) ** 2).sum(-1))), y
 
 
 # --------------------------------------------------------------------------- decisions

@@ -55,7 +55,7 @@ def _print(result: Any) -> None:
     console = Console(highlight=False, markup=False, width=None if Console().is_terminal else 200)
     m = result.metric
     board = Table("#", "run", "kind", "status", "model", "size", "loss", "epochs", "folds", f"CV {m}",
-                  "CV accuracy", f"OOF {m}", "time", "vs baseline", box=None, title=f"leaderboard by {m}",
+                  "CV accuracy", f"OOF {m}", "decision", "time", "vs baseline", box=None, title=f"leaderboard by {m}",
                   title_justify="left")
     for i, row in enumerate(result.leaderboard(), 1):
         cv, acc = row["cv"], row["cv_accuracy"]
@@ -63,7 +63,8 @@ def _print(result: Any) -> None:
                       row["epochs"], str(row["folds"]),
                       "" if cv is None else f"{cv[0]:.4f} ± {cv[1]:.4f}" + (" so far" if row["partial"] else ""),
                       "" if acc is None else f"{acc[0]:.4f} ± {acc[1]:.4f}",
-                      "" if row["oof"] is None else f"{row['oof']:.4f}", format_duration(row["seconds"]), row["versus"])
+                      "" if row["oof"] is None else f"{row['oof']:.4f}", row["decision"], format_duration(row["seconds"]),
+                      row["versus"])
     console.print(board)
     changed = [c for c in result.changes.values() if c.baseline is not None]
     if changed:

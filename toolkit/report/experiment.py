@@ -24,6 +24,7 @@ from toolkit.metrics import METRICS, metric_direction
 from toolkit.progress import Progress, as_progress
 from toolkit.report.compare import Significance, align, compare_paired, recipe_diff
 from toolkit.report.entries import Entry, load_entries
+from toolkit.report.records import decision_marker
 
 __all__ = ["Change", "ExperimentReport", "build_report", "format_duration"]
 
@@ -85,7 +86,8 @@ class ExperimentReport:
             rows.append({
                 "entry": e, "run": e.id, "kind": e.kind, "status": e.status, "model": e.model, "image_size": e.image_size,
                 "loss": e.loss, "epochs": e.epochs, "folds": len(e.folds) or "",
-                "cv": cv, "cv_accuracy": acc, "oof": e.oof_value(self.metric), "seconds": e.seconds,
+                "cv": cv, "cv_accuracy": acc, "oof": e.oof_value(self.metric), "decision": decision_marker(e),
+                "seconds": e.seconds,
                 "partial": e.partial and cv is not None, "verdict": change.significance.verdict
                 if change is not None and change.significance is not None else "",
                 "baseline": change.baseline if change is not None else None, "versus": _versus(change),

@@ -33,6 +33,7 @@ from toolkit.report.experiment_views import (
     weakest_classes,
 )
 from toolkit.report.html import environment, render_page
+from toolkit.report.records import calibration_blocks, composition_view, decision_view
 
 __all__ = ["render_experiment", "report_runs", "write_report"]
 
@@ -55,6 +56,8 @@ section.run { border-top: 2px solid #ccc; margin-top: 2em; page-break-inside: av
 @media print { nav, .hint { display: none; } svg.chart { break-inside: avoid; } }
 {% endblock %}
 {% block body %}
+{% macro calibration(b) %}<p class="note">Recorded calibration ({{ b.note }}){{ ":" if b.rows else "." }}</p>
+{% if b.rows %}{{ table(b.header, b.rows) }}{% endif %}{% endmacro %}
 <h1>clsctl report</h1>
 <p class="note">{{ runs|length }} run(s), ranked by <b>{{ metric }}</b> (CV mean over folds, else OOF);
 written {{ written }}. Significance: fold-paired delta with a Nadeau–Bengio corrected t interval and a paired
@@ -66,13 +69,14 @@ every interval excludes 0.</p>
 <h2 id="leaderboard">Leaderboard</h2>
 <table>
 <tr><th>#</th><th>run</th><th>kind</th><th>status</th><th>model</th><th>size</th><th>loss</th><th>epochs</th>
-<th>folds</th><th>CV {{ metric }}</th><th>CV accuracy</th><th>OOF {{ metric }}</th><th>time</th><th>vs baseline</th></tr>
+<th>folds</th><th>CV {{ metric }}</th><th>CV accuracy</th><th>OOF {{ metric }}</th><th>decision</th><th>time</th>
+<th>vs baseline</th></tr>
 {% for r in board %}
 <tr><td class="n">{{ loop.index }}</td><td><a href="#{{ r.anchor }}">{{ r.run }}</a></td><td>{{ r.kind }}</td>
 <td class="status-{{ r.status }}">{{ r.status }}</td><td>{{ r.model }}</td><td class="n">{{ r.image_size }}</td>
 <td>{{ r.loss }}</td><td class="n">{{ r.epochs }}</td><td class="n">{{ r.folds }}</td>
 <td class="n">{{ r.cv_text }}</td><td class="n">{{ r.acc_text }}</td><td class="n">{{ r.oof_text }}</td>
-<td class="n">{{ r.time }}</td><td class="v-{{ r.verdict_class }}">{{ r.verdict }}</td></tr>
+<td class="decision">{{ r.decision }}</td><td class="n">{{ r.time }}</td><td class="v-{{ r.verdict_class }}">{{ r.verdict }}</td></tr>
 {% endfor %}
 </table>
 
@@ -119,6 +123,25 @@ every interval excludes 0.</p>
 {% if v.ensemble.gain %}<h4>Recall per class: ensemble vs best member ({{ v.ensemble.best }})</h4>
 {{ table(["class", "best member", "ensemble", "gain"], v.ensemble.gain_rows, numeric=[1, 2, 3]) }}{% endif %}
 {% endif %}
+{% if v.composition %}{% set c = v.composition %}
+<h4>Composed: {{ c.into }} = {{ c.formula }}</h4>
+<p class="note">The combined probability is the product of the parts' (attributes independent given the image),
+class names joined by <code>{{ c.separator }}</code>; parts {{ c.calibrated }}{% if c.prediction_set %}; prediction
+set {{ c.prediction_set }}{% endif %}.</p>
+{{ table(c.header, c.rows, numeric=[3, 4, 5, 6]) }}
+{% endif %}
+{% if v.decision %}{% set d = v.decision %}
+<h4>Decision: {{ d.applied }}</h4>
+{% if d.tuned %}<p>Per-class offsets tuned for {{ d.metric }} are added to the log scores before the argmax.</p>
+{% elif d.refused %}<p class="warn">Offsets for {{ d.metric }} were asked for and refused; the labels are the argmax.</p>
+{% else %}<p class="note">No tuned decision was asked for.</p>{% endif %}
+{% if d.note %}<p class="note">{{ d.note }}</p>{% endif %}
+{% if d.scores %}{{ table(["macro-F1", "argmax", "tuned", "gain"], d.scores, numeric=[1, 2, 3]) }}{% endif %}
+{% if d.per_fold %}{{ table(["fold", "argmax", "tuned", "gain"], d.per_fold, numeric=[1, 2, 3]) }}{% endif %}
+{% if d.offsets %}<p>Offsets (natural-log units; classes without one are left out):</p>
+{{ table(["class", "offset"], d.offsets, numeric=[1]) }}
+{% if d.more_offsets %}<p class="note">and {{ d.more_offsets }} more.</p>{% endif %}{% endif %}
+{% endif %}
 {% for h in v.heads %}
 <h4>{% if v.heads|length > 1 %}{{ h.head }}: {% endif %}confusion (row-normalised, {{ h.rows }} OOF rows)</h4>
 {% if h.confusion %}
@@ -138,7 +161,10 @@ every interval excludes 0.</p>
 <div>{{ x.path }}</div><div>given <b>{{ x.label }}</b> ({{ x.p_label }})</div><div>predicted <b>{{ x.pred }}</b> ({{ x.p_pred }})</div></div>{% endfor %}</div>{% endif %}
 <h4>Calibration{% if h.ece is not none %}: ECE {{ '%.4f'|format(h.ece) }}{% endif %}</h4>
 {{ h.reliability }}
+{% for b in v.calibration if b.head == h.head %}{{ calibration(b) }}{% endfor %}
 {% endfor %}
+{% if not v.heads %}{% for b in v.calibration %}<h4>Calibration{% if b.head %}, {{ b.head }}{% endif %}</h4>
+{{ calibration(b) }}{% endfor %}{% endif %}
 </section>
 {% endfor %}
 
@@ -200,8 +226,10 @@ def render_experiment(report: ExperimentReport, target: Path) -> tuple[str, dict
                 rows = e.head_rows(head)
                 if rows is not None:
                     view.heads.append(head_view(rows, root=root, thumbs=thumbs))
+            view.calibration = calibration_blocks(e)
             if e.kind == "ensemble":
                 view.ensemble = _ensemble_rows(ensemble_view(e, report.metric))
+                view.decision, view.composition = decision_view(e), composition_view(e)
             view.explanations = explanation_cards(e)
             e.release()  # every comparison is made; the page needs only the view from here on
             views.append(view)

@@ -100,6 +100,9 @@ class RunView:
     explanations: list[dict[str, Any]] = field(default_factory=list)
     headline: list[tuple[str, str]] = field(default_factory=list)
     link: str | None = None
+    calibration: list[dict[str, Any]] = field(default_factory=list)  # toolkit.report.records
+    decision: dict[str, Any] | None = None
+    composition: dict[str, Any] | None = None
 
 
 def head_view(rows: HeadRows, *, root: Path | None, thumbs: Thumbnails, top_losses: int = TOP_LOSSES) -> HeadView:
