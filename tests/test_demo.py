@@ -52,11 +52,16 @@ def _check_demo_folder(root: Path, out: str, folds: int) -> dict[str, Run]:
     return runs
 
 
-def test_quick_demo_runs_every_stage(tmp_path, capsys):
+def test_quick_demo_runs_every_stage(tmp_path, capsys, monkeypatch):
+    import webbrowser
+
+    opened = []
+    monkeypatch.setattr(webbrowser, "open", opened.append)
     root = tmp_path / "demo"
-    assert run(["demo", "--quick", "--out", str(root)]) == 0
+    assert run(["demo", "--quick", "--out", str(root), "--open"]) == 0
     out = capsys.readouterr().out
     runs = _check_demo_folder(root, out, folds=3)
+    assert opened == [(root / "report.html").as_uri()]
     written = json.loads((root / RECORD).read_text())["written"]
     assert {"data", "eda", "report.html"} <= set(written)
     assert {f"runs/{r.path.name}" for r in runs.values()} <= set(written)
