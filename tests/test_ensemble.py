@@ -232,6 +232,32 @@ def test_misaligned_rows_are_refused_naming_the_ids(runs, tmp_path):
         ensemble([runs["ce"].path, copy], write=False)
 
 
+def test_members_are_voted_from_float32_matrices_their_tables_share(runs, tmp_path):
+    """The store's float32 probabilities are not widened into a second copy, and results stay bit for bit."""
+    copy = _copy_run(runs["focal"], tmp_path, "mixed")
+    full = pd.read_parquet(copy / "oof.parquet")
+    # another row and class-column order: matched by id and name
+    full.iloc[::-1][["id", "path", "fold", "label", "pred", *reversed(CLASSES)]].to_parquet(copy / "oof.parquet",
+                                                                                              index=False)
+    result = ensemble([runs["ce"].path, copy], select="greedy", write=False)
+    ce = pd.read_parquet(runs["ce"].file("oof.parquet"))
+    for member in result.members:
+        table = member.oof
+        assert table["id"].tolist() == ce["id"].tolist() and list(table.columns[-3:]) == CLASSES
+        assert all(table[c].dtype == np.float32 for c in CLASSES)
+        # the columns interleave in one matrix (the voted one), not one array per column
+        assert np.may_share_memory(table[CLASSES[0]].to_numpy(), table[CLASSES[-1]].to_numpy())
+    focal = full.set_index("id").loc[ce["id"], CLASSES].to_numpy()
+    np.testing.assert_array_equal(result.members[1].oof[CLASSES].to_numpy(), focal)
+    # what voting the widened float64 numbers gives, exactly
+    x = [ce[CLASSES].to_numpy(dtype=np.float64), focal.astype(np.float64)]
+    y = np.array([CLASSES.index(v) for v in ce["label"]])
+    weights, _ = bagged_greedy(x, y, 3)
+    np.testing.assert_array_equal(result.weights, weights)
+    assert result.oof_metrics["log_loss"] == ensemble([runs["ce"].path, runs["focal"].path], weights=list(weights),
+                                                      write=False).oof_metrics["log_loss"]
+
+
 def test_class_list_mismatch_is_refused(runs, tmp_path):
     copy = _copy_run(runs["focal"], tmp_path, "pink")
     oof = pd.read_parquet(copy / "oof.parquet").rename(columns={"red": "pink"})

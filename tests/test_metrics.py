@@ -80,6 +80,25 @@ def test_probabilities_give_argmax_and_clipped_log_loss():
     assert m["log_loss"] == pytest.approx(expected, rel=1e-9)
 
 
+@pytest.mark.parametrize("n_classes", [2, 3, 500])
+def test_log_loss_is_scikit_learns_to_the_bit(n_classes):
+    """The log loss reads only the true class's column, in blocks of rows; the value must not move."""
+    import sklearn.metrics as skm
+
+    from toolkit.metrics import LOG_LOSS_EPS, LOG_LOSS_ROWS
+
+    rng = np.random.default_rng(n_classes)
+    n = LOG_LOSS_ROWS + 321  # more than one block
+    for dtype, sharpen in ((np.float32, 1), (np.float64, 8), (np.float64, 40)):
+        probs = (rng.random((n, n_classes)) ** sharpen).astype(dtype)
+        probs[rng.random((n, n_classes)) < 0.05] = 0.0
+        probs[rng.integers(0, n, 5), rng.integers(0, n_classes, 5)] = 1.0
+        y = rng.integers(0, n_classes, n)
+        clipped = np.clip(probs.astype(np.float64), LOG_LOSS_EPS, 1.0)
+        reference = skm.log_loss(y, clipped / clipped.sum(axis=1, keepdims=True), labels=list(range(n_classes)))
+        assert classification_metrics(y, probs, [str(c) for c in range(n_classes)])["log_loss"] == float(reference)
+
+
 def test_float_predictions_with_integer_values_are_accepted():
     m = classification_metrics(np.array(Y_TRUE, dtype=float), np.array(Y_PRED, dtype=float), CLASSES)
     assert m["confusion_matrix"] == CM

@@ -34,8 +34,8 @@ from toolkit.ensemble.members import (
     calibrate_member,
     check_classes,
     check_labels,
+    extract_matrices,
     load_members,
-    member_matrix,
 )
 from toolkit.ensemble.selection import METRICS, bagged_greedy, crossfit_labels, fast_score, fit_weights
 from toolkit.ensemble.voting import VOTES, combine, normalize_weights
@@ -245,8 +245,8 @@ def ensemble(refs: Sequence[str | Path], *, vote: str = "soft", weights: str | S
             raise DataError(f"out-of-fold labels {unknown} are not in the class list {classes}",
                             "the runs' oof.parquet and summary.json disagree; retrain them")
         y = np.array([index[v] for v in label_names], dtype=np.int64)
-        x = [member_matrix(m, m.oof, o, classes) for m, o in zip(members, orders, strict=True)]
-        ref = members[0].oof.iloc[orders[0]].reset_index(drop=True)
+        x = extract_matrices(members, "oof", orders, classes)
+        ref = members[0].oof  # every member's table now has the aligned row order
         folds = ref["fold"].to_numpy() if "fold" in ref.columns else np.zeros(len(ref), dtype=np.int64)
         result.member_scores = {m.name: _scores(y, xi, classes) for m, xi in zip(members, x, strict=True)}
 
@@ -295,12 +295,13 @@ def ensemble(refs: Sequence[str | Path], *, vote: str = "soft", weights: str | S
                                 "in common with the others (clsctl predict RUN DATA --name NAME)")
     else:
         orders = align_ids([(m.name, m.test) for m in members], "prediction")
-        xt = [member_matrix(m, m.test, o, classes) for m, o in zip(members, orders, strict=True)]
+        xt = extract_matrices(members, "test", orders, classes)
         scores_t, labels_t = combine(vote, xt, result.weights, n_classes)
+        del xt
         if result.decision is not None and result.decision.offsets is not None:
             labels_t = result.decision.decide(log_probs(scores_t))
-        ref_t = members[0].test.iloc[orders[0]].reset_index(drop=True)
-        paths = next((m.test.iloc[o]["path"].tolist() for m, o in zip(members, orders, strict=True)
+        ref_t = members[0].test
+        paths = next((m.test["path"].tolist() for m in members
                       if "path" in m.test.columns and m.test["path"].notna().all()), None)
         result.test_ids = ref_t["id"].astype(str).tolist()
         result.test_scores, result.test_labels = scores_t, labels_t
@@ -345,9 +346,11 @@ def _scores(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict[str, An
     from toolkit.metrics import classification_metrics
 
     if pred.ndim == 2:  # clip away exact zeros a hard-vote member can bring, and renormalize
-        pred = np.clip(pred, 0.0, None)
+        pred = np.array(pred, dtype=np.float64)  # float32 members are scored as float64, like the vote; a copy
+        np.clip(pred, 0.0, None, out=pred)
         sums = pred.sum(axis=1, keepdims=True)
-        pred = np.divide(pred, sums, out=np.full_like(pred, 1.0 / pred.shape[1]), where=sums > 0)
+        np.divide(pred, sums, out=pred, where=sums > 0)
+        pred[sums[:, 0] <= 0] = 1.0 / pred.shape[1]
     return classification_metrics(y, pred, classes)
 
 

@@ -20,14 +20,18 @@ import pandas as pd
 
 from toolkit.errors import DataError, RunError, UsageError, examples
 from toolkit.store import Run, resolve_runs
-from toolkit.store.tables import RESERVED_COLUMNS, read_table
+from toolkit.store.tables import RESERVED_COLUMNS, read_table, release_freed_tables
 
 FILE_SUFFIXES = (".parquet", ".pq", ".csv")
 
 
 @dataclass
 class Member:
-    """One member. ``oof``/``test`` are DataFrames with ``id`` (+ ``path``), and class columns or ``label``."""
+    """One member. ``oof``/``test`` are DataFrames with ``id`` (+ ``path``), and class columns or ``label``.
+
+    Once :func:`toolkit.ensemble.ensemble` has voted, their rows are in the aligned order of the first
+    member and their class columns (in the common class order) are views of the voted matrices.
+    """
 
     name: str
     source: str  # the run id, or the file's path
@@ -223,23 +227,62 @@ def align_ids(frames: Sequence[tuple[str, pd.DataFrame]], what: str) -> list[np.
 
 
 def member_matrix(member: Member, frame: pd.DataFrame, order: np.ndarray, classes: list[str]) -> np.ndarray:
-    """Probabilities ``[N, C]`` in ``classes`` order, or class indices ``[N]`` for a label-only member."""
-    rows = frame.iloc[order]
+    """Probabilities ``[N, C]`` in ``classes`` order, or class indices ``[N]`` for a label-only member.
+
+    float32 when every class column is float32 (as the store writes them): the same numbers as a
+    float64 copy in half the memory, and every vote widens them before it sums. Anything else
+    (calibrated or CSV probabilities) comes back as float64.
+    """
     if member.labels_only:
         index = {c: i for i, c in enumerate(classes)}
-        return np.array([index[v] for v in rows["label"].astype(str)], dtype=np.int64)
-    return rows[classes].to_numpy(dtype=np.float64)
+        return np.array([index[v] for v in frame["label"].iloc[order].astype(str)], dtype=np.int64)
+    columns = [frame[c] for c in classes]
+    dtype = np.float32 if all(col.dtype == np.float32 for col in columns) else np.float64
+    out = np.empty((len(order), len(classes)), dtype=dtype)
+    for j, col in enumerate(columns):
+        # one column at a time: gathering whole rows first would copy the table once more
+        out[:, j] = col.to_numpy(dtype=dtype)[order]
+    return out
+
+
+def extract_matrices(members: Sequence[Member], which: str, orders: Sequence[np.ndarray],
+                     classes: list[str]) -> list[np.ndarray]:
+    """Each member's :func:`member_matrix` of its ``oof`` or ``test`` table, in the aligned row order.
+
+    Each table is then rebuilt in that row order (index reset) around its matrix: the class columns
+    become views of the matrix instead of a second copy of the same numbers (a 500-class table holds
+    2 KB per row, as much as the matrix). Each table is replaced as soon as its matrix is taken, so at
+    most one member is held twice at a time.
+    """
+    out = []
+    for member, order in zip(members, orders, strict=True):
+        frame = getattr(member, which)
+        matrix = member_matrix(member, frame, order, classes)
+        setattr(member, which, _aligned_table(member, frame, order, None if member.labels_only else matrix, classes))
+        del frame
+        release_freed_tables()
+        out.append(matrix)
+    return out
+
+
+def _aligned_table(member: Member, frame: pd.DataFrame, order: np.ndarray, matrix: np.ndarray | None,
+                   classes: list[str]) -> pd.DataFrame:
+    own = set() if matrix is None else set(member.classes)
+    rest = frame[[c for c in frame.columns if c not in own]].iloc[order].reset_index(drop=True)
+    if matrix is None:
+        return rest
+    return pd.concat([rest, pd.DataFrame(matrix, columns=classes, copy=False)], axis=1)
 
 
 def check_labels(members: Sequence[Member], orders: Sequence[np.ndarray]) -> np.ndarray:
     """The OOF labels (class names) per row; members that disagree on a row's label are an error."""
-    ref = members[0].oof.iloc[orders[0]]
-    labels = ref["label"].astype(str).to_numpy()
+    # the label column alone: taking whole rows would copy every probability column
+    labels = members[0].oof["label"].iloc[orders[0]].astype(str).to_numpy()
     for m, order in zip(members[1:], orders[1:], strict=True):
-        other = m.oof.iloc[order]["label"].astype(str).to_numpy()
+        other = m.oof["label"].iloc[order].astype(str).to_numpy()
         bad = np.flatnonzero(other != labels)
         if bad.size:
-            ids = ref["id"].astype(str).to_numpy()
+            ids = members[0].oof["id"].iloc[orders[0]].astype(str).to_numpy()
             shown = [f"{ids[i]} ({labels[i]} vs {other[i]})" for i in bad]
             raise DataError(f"out-of-fold labels differ between {members[0].name} and {m.name} on {bad.size} row(s): "
                             f"{examples(shown)}", "ensemble runs trained on the same labels")

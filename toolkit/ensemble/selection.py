@@ -50,7 +50,7 @@ class _Objective:
     for 10 members × 100,000 rows × 500 classes would be 4 GiB) and greedy selection scores each
     candidate as one addition to the running sum of the members picked so far (:meth:`extended`), one
     ``N × C`` pass per candidate instead of one per member. Soft votes read the members' own float32
-    probabilities; only the sums are float64.
+    probabilities, widened to float64 where they are weighted and summed.
     """
 
     def __init__(self, kind: str, members: Sequence[np.ndarray], y: np.ndarray, n_classes: int, metric: str) -> None:
@@ -72,7 +72,7 @@ class _Objective:
         raw = np.zeros((len(self.y), self.n_classes))
         for w, array in zip(weights, self.arrays, strict=True):
             if w:
-                raw += w * array if w != 1 else array
+                raw += np.multiply(array, w, dtype=np.float64) if w != 1 else array
         return raw
 
     def __call__(self, weights: np.ndarray) -> tuple[float, float]:
@@ -107,7 +107,7 @@ class _Objective:
         if not keep:
             labels[multi] = tied[multi].argmax(axis=1)
             return
-        probs = sum(np.asarray(m, dtype=np.float64)[multi] * w for m, w in keep)
+        probs = sum(np.asarray(m)[multi].astype(np.float64) * w for m, w in keep)
         labels[multi] = np.where(tied[multi], probs, -np.inf).argmax(axis=1)
 
 

@@ -74,10 +74,17 @@ def member_arrays(kind: str, members: Sequence[np.ndarray], n_classes: int) -> l
         raise UsageError(f"a member given as labels only (a submission CSV) supports hard voting, not {kind}",
                          "use --vote hard, or give that member's probabilities")
     if kind == "soft":
-        return [np.asarray(m, dtype=np.float64) for m in members]
+        # float32 members stay as they are (a float64 copy beside each of ten 100,000 × 500 members would be
+        # 4 GiB more): every sum over them widens each value first, which is exact
+        return [_probabilities(m) for m in members]
     if kind == "rank":
         return [rank_normalize(m) for m in members]
     return [one_hot(m if is_labels(m) else np.asarray(m).argmax(axis=1), n_classes) for m in members]
+
+
+def _probabilities(member: np.ndarray) -> np.ndarray:
+    member = np.asarray(member)
+    return member if member.dtype == np.float32 else np.asarray(member, dtype=np.float64)
 
 
 def _tie_probs(members: Sequence[np.ndarray], w: np.ndarray) -> np.ndarray | None:
@@ -95,7 +102,7 @@ def _weighted_sum(w: np.ndarray, arrays: Sequence[np.ndarray]) -> np.ndarray:
     term = np.empty_like(raw)
     for wi, array in zip(w, arrays, strict=True):
         if wi:
-            np.multiply(array, wi, out=term)
+            np.multiply(array, wi, out=term, dtype=np.float64)  # float64 products of float32 members too
             raw += term
     return raw
 
