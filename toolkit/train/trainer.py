@@ -40,6 +40,7 @@ from toolkit.store import Run, RunStatus, RunStore, default_runs_root, run_holdi
 from toolkit.store.atomic import no_room
 from toolkit.train.callbacks import HOOKS, Callback, default_callbacks
 from toolkit.train.loaders import fold_loaders, fold_seed
+from toolkit.train.optimizers import create_optimizer
 from toolkit.train.results import write_oof_and_summary
 from toolkit.train.state import FoldState
 from toolkit.train.steps import evaluate, flat_metrics, train_epoch
@@ -373,7 +374,6 @@ class Trainer:
 
         The order of these steps is the order of their random draws: changing it changes the weights.
         """
-        from timm.optim import create_optimizer_v2
         from timm.scheduler import create_scheduler_v2
 
         from toolkit.data.preprocessing import Preprocessing
@@ -414,9 +414,7 @@ class Trainer:
         criteria = [create_loss(loss_cfg, data.class_counts(loaders.train_rows, h)) for h in heads]
         val_criteria = [create_loss(recipe.loss, data.class_counts(loaders.train_rows, h)) for h in heads]
 
-        opt = recipe.optim
-        optimizer = create_optimizer_v2(model, opt=opt.name, lr=opt.lr, weight_decay=opt.weight_decay,
-                                        momentum=opt.momentum, layer_decay=opt.layer_decay, **opt.kwargs)
+        optimizer = create_optimizer(model, recipe.optim)
         updates_per_epoch = max(1, math.ceil(len(loaders.train) / max(1, accelerator.num_processes) / tcfg.grad_accum))
         scheduler = None
         if recipe.sched.name != "none":
