@@ -624,3 +624,33 @@ def test_run_files_round_trip(tmp_path: Path) -> None:
             run.prediction_path(bad)
     with pytest.raises(RunError, match="no prediction set 'nope'"):
         run.read_predictions("nope")
+
+
+def test_probability_tables_are_written_as_the_column_by_column_layout_was(tmp_path: Path) -> None:
+    """One float32 block per head and no in-memory file: the frame, its Parquet and CSV bytes stay as they were."""
+    import io
+
+    from toolkit.store.tables import probability_frame, write_table
+
+    rng = np.random.default_rng(0)
+    heads = {"mask": ["on", "off", "bad"], "age": ["young", "old"]}
+    probs = {"mask": rng.random((7, 3)), "age": rng.random((7, 2)).astype(np.float32)}
+    labels = {h: rng.integers(0, len(c), 7) for h, c in heads.items()}
+    ids, paths = [f"{i:03d}" for i in range(7)], [f"x/{i}.png" for i in range(7)]
+    frame = probability_frame(ids, paths, probs, heads, folds=np.arange(7) % 3, labels=labels)
+    columns: dict[str, object] = {"id": ids, "path": paths, "fold": np.arange(7) % 3}
+    for h, names in heads.items():
+        columns[f"label:{h}"] = np.asarray(names, dtype=object)[labels[h]]
+        columns[f"pred:{h}"] = np.asarray(names, dtype=object)[probs[h].argmax(1)]
+        columns.update({f"{h}:{c}": probs[h][:, i].astype(np.float32) for i, c in enumerate(names)})
+    expected = pd.DataFrame(columns)
+    pd.testing.assert_frame_equal(frame, expected)
+    probs["age"][:] = 0.5  # the frame holds its own copy, even of float32 input
+    assert frame["age:old"].tolist() != [0.5] * 7
+    expected["age:old"] = frame["age:old"]
+    buffer = io.BytesIO()
+    expected.to_parquet(buffer, index=False)
+    assert write_table(frame, tmp_path / "t.parquet").read_bytes() == buffer.getvalue()
+    odd = pd.DataFrame({"id": ["a,b", 'say "hi"', "two\nlines", "ü"], "p": [0.25, 1e-20, float("nan"), 3.0]})
+    assert write_table(odd, tmp_path / "t.csv").read_bytes() == odd.to_csv(index=False,
+                                                                            lineterminator="\n").encode()

@@ -10,7 +10,6 @@ and one float32 probability column per class, named by the class (``<head>:<clas
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -49,20 +48,23 @@ def write_table(frame: pd.DataFrame, path: StrPath) -> Path:
     Returns:
         The written path.
     """
-    from toolkit.store.atomic import atomic_write_bytes, atomic_write_text
+    from toolkit.store.atomic import atomic_writer
 
     target = Path(path)
     if table_format(target) == "csv":
-        atomic_write_text(target, frame.to_csv(index=False, lineterminator="\n"))
+        # streamed: the whole text at once would be several times the file (500 probability columns as text)
+        with atomic_writer(target, "w", newline="") as handle:
+            frame.to_csv(handle, index=False, lineterminator="\n")
         return target
     out = frame
     if frame.attrs:
         # pandas stores attrs as JSON in the Parquet metadata; keep only what JSON can hold.
-        out = frame.copy()
+        out = frame.copy(deep=False)
         out.attrs = json.loads(json.dumps(frame.attrs, default=str))
-    buffer = io.BytesIO()
-    out.to_parquet(buffer, index=False)
-    atomic_write_bytes(target, buffer.getvalue())
+    # Straight into the temporary file: an in-memory buffer held the whole file two or three times over
+    # (its growth, then getvalue's copy), 6-9 KB per row of a 500-class probability table.
+    with atomic_writer(target, "wb") as handle:
+        out.to_parquet(handle, index=False)
     return target
 
 
@@ -188,16 +190,22 @@ def probability_frame(ids: Sequence[Any], paths: Sequence[Any] | None, probs: Ma
     if folds is not None:
         columns["fold"] = np.full(n, folds, dtype=np.int64) if np.ndim(folds) == 0 else np.asarray(folds)
     multi = len(probs) > 1
+    pieces = [pd.DataFrame(columns)]
     for head, p in probs.items():
         names = np.asarray(list(classes[head]), dtype=object)
         p = np.asarray(p)
         if labels is not None:
-            columns[f"label:{head}" if multi else "label"] = names[np.asarray(labels[head])]
             pred = np.asarray(preds[head]) if preds is not None else p.argmax(1)
-            columns[f"pred:{head}" if multi else "pred"] = names[pred]
-        for c_i, c in enumerate(classes[head]):
-            columns[f"{head}:{c}" if multi else c] = p[:, c_i].astype(np.float32)
-    return pd.DataFrame(columns)
+            pieces.append(pd.DataFrame({f"label:{head}" if multi else "label": names[np.asarray(labels[head])],
+                                        f"pred:{head}" if multi else "pred": names[pred]}))
+        # One float32 copy per head, laid out class by class as pandas keeps a block, so that neither
+        # pandas (gathering separate columns into a block) nor pyarrow (reading strided columns) copies it again.
+        block = np.ascontiguousarray(p.T, dtype=np.float32)
+        if np.may_share_memory(block, p):
+            block = block.copy()  # the caller's array stays the caller's
+        pieces.append(pd.DataFrame(block.T, copy=False,
+                                   columns=[f"{head}:{c}" if multi else c for c in classes[head]]))
+    return pd.concat(pieces, axis=1)
 
 
 def probability_arrays(frame: pd.DataFrame, heads: Sequence[str], classes: Mapping[str, Sequence[str]], *,
