@@ -94,3 +94,44 @@ def test_a_newer_run_format_is_refused_in_one_line(runs, tmp_path, capsys):
     code = cli(["predict", str(newer), str(runs["test"])])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "written by a newer clsctl" in err[0] and "upgrade clsctl" in err[0]
+
+
+def test_many_class_confusion_matrices_are_stored_as_their_cells_and_read_back_dense(tmp_path):
+    """summary.json of a 500-class run holds nonzero cells; old dense files and small class lists read as before."""
+    from rungen import train_run
+
+    from toolkit.metrics import classification_metrics
+    from toolkit.store.confusion import DENSE_CLASSES, compact_confusions, confusion_matrix
+
+    rng = np.random.default_rng(0)
+    classes = [f"c{i:03d}" for i in range(500)]
+    labels = rng.integers(0, 500, 2000)
+    probs = rng.random((2000, 500), dtype=np.float32)
+    probs[np.arange(2000), labels] += np.where(rng.random(2000) < 0.7, 400.0, 0.0).astype(np.float32)
+    probs /= probs.sum(axis=1, keepdims=True)
+    folds = np.arange(2000) % 5
+    run = train_run(tmp_path / "runs", "wide", classes=classes, labels=labels, probs=probs, folds=folds)
+    summary = run.summary
+    expected = np.array(classification_metrics(labels, probs, classes)["confusion_matrix"])
+    stored = summary["oof"]["confusion_matrix"]
+    assert stored["format"] == "cells" and stored["shape"] == [500, 500]
+    assert len(stored["cells"]) == np.count_nonzero(expected)
+    np.testing.assert_array_equal(confusion_matrix(stored), expected)
+    fold = folds == 2
+    np.testing.assert_array_equal(confusion_matrix(summary["folds"]["2"]["metrics"]["confusion_matrix"]),
+                                  classification_metrics(labels[fold], probs[fold], classes)["confusion_matrix"])
+    assert run.summary_path.stat().st_size < 2_000_000  # 22 MB as 500 × 500 lists per fold
+    # a run written before: dense lists at any size still read, and are compacted when the summary is next written
+    old = json.loads(run.summary_path.read_text())
+    old["oof"]["confusion_matrix"] = expected.tolist()
+    run.summary_path.write_text(json.dumps(old))
+    np.testing.assert_array_equal(confusion_matrix(run.summary["oof"]["confusion_matrix"]), expected)
+    assert run.update_summary(note="x")["oof"]["confusion_matrix"] == stored
+    # small class lists keep their dense lists
+    small = [[3, 0], [1, 2]]
+    assert compact_confusions({"m": {"confusion_matrix": small}}) == {"m": {"confusion_matrix": small}}
+    edge = np.eye(DENSE_CLASSES + 1, dtype=np.int64)
+    cells = compact_confusions({"confusion_matrix": edge.tolist()})["confusion_matrix"]
+    np.testing.assert_array_equal(confusion_matrix(cells), edge)
+    np.testing.assert_array_equal(confusion_matrix(compact_confusions({"confusion_matrix": edge})["confusion_matrix"]),
+                                  edge)

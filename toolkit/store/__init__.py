@@ -3,6 +3,7 @@
 :mod:`toolkit.store.run` is one run folder (``Run``), :mod:`toolkit.store.files` the typed reader and
 writer of every file in it, :mod:`toolkit.store.runstore` the runs folder (create, open, list, globs),
 :mod:`toolkit.store.tables` the atomic table writer and the probability-frame layout,
+:mod:`toolkit.store.confusion` how JSON run files hold confusion matrices (and their one reader),
 :mod:`toolkit.store.atomic` the crash-safe writers, :mod:`toolkit.store.lock` the lock a trainer holds
 on its run folder (``Run.lock()``) and :mod:`toolkit.store.fingerprint` data fingerprints. Nothing
 heavy is imported here (pandas only when a table is asked for).

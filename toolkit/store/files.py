@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from toolkit.errors import RunError
 from toolkit.store.atomic import append_csv_row, atomic_write_json, atomic_write_text, read_json
+from toolkit.store.confusion import compact_confusions
 from toolkit.store.tables import read_table, write_table
 
 if TYPE_CHECKING:
@@ -236,16 +237,20 @@ class RunFiles:
     def update_summary(self, values: Mapping[str, Any] | None = None, /, **fields: Any) -> dict[str, Any]:
         """Merge keys into ``summary.json`` and rewrite it atomically.
 
+        Confusion matrices of many classes are written as their nonzero cells
+        (:mod:`toolkit.store.confusion`; read them with :func:`~toolkit.store.confusion.confusion_matrix`).
+
         Args:
             values: Keys to set, as a mapping (for keys that are not identifiers).
             **fields: More keys to set.
 
         Returns:
-            The merged summary.
+            The merged summary, as written.
         """
         merged = self.summary
         merged.update(values or {})
         merged.update(fields)
+        merged = compact_confusions(merged)
         atomic_write_json(self.summary_path, merged)
         return merged
 
@@ -294,7 +299,7 @@ class RunFiles:
 
     def write_fold_best(self, fold: int, epoch: int, metrics: Mapping[str, Any]) -> None:
         """Record the best epoch of a fold so far and its validation metrics (``best.json``)."""
-        atomic_write_json(self.fold_dir(fold) / "best.json", {"epoch": epoch, "metrics": dict(metrics)})
+        atomic_write_json(self.fold_dir(fold) / "best.json", {"epoch": epoch, "metrics": compact_confusions(metrics)})
 
     def read_fold_best(self, fold: int) -> dict[str, Any] | None:
         """``{"epoch", "metrics"}`` of the fold's best epoch, or None before its first epoch ended."""
@@ -303,7 +308,7 @@ class RunFiles:
 
     def write_fold_done(self, fold: int, result: Mapping[str, Any]) -> None:
         """Mark a fold finished with its result (``done.json``); resume skips it."""
-        atomic_write_json(self.fold_dir(fold) / "done.json", dict(result))
+        atomic_write_json(self.fold_dir(fold) / "done.json", compact_confusions(result))
 
     def read_fold_done(self, fold: int) -> dict[str, Any] | None:
         """The result of a finished fold, or None when it has not finished."""
@@ -399,7 +404,7 @@ class RunFiles:
             files["tta"] = self.prediction_path(name, "tta.json")
             atomic_write_json(files["tta"], dict(tta))
         if info is not None:
-            atomic_write_json(files["json"], dict(info))
+            atomic_write_json(files["json"], compact_confusions(info))
         return files
 
     def read_predictions(self, name: str) -> pd.DataFrame:
