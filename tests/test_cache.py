@@ -199,3 +199,36 @@ def test_disk_budget_holds_for_the_warm_up_pool_and_the_recipe_key(tmp_path, mon
     assert make_image_loader(load_recipe(None, ["data.image_size=32"])).disk_budget is None
     with pytest.raises(RecipeError, match="cache_disk_gb"):
         load_recipe(None, ["data.cache_disk_gb=0"])
+
+
+def test_budget_counts_live_temporary_files_and_removes_those_killed_writers_left(tmp_path):
+    from toolkit.imaging.cache import STALE_TEMP_SECONDS, cache_usage
+
+    srcs = [_png(tmp_path / f"{i}.png", 32, 32, seed=i) for i in range(4)]
+    entry = 32 * 32 * 3 + 128
+    cache = DecodedImageCache(tmp_path / "cache", short_side=32, disk_gb=100 * entry / 2**30)
+    for src in srcs:
+        cache.load(src)
+    shard = cache.entry(srcs[0]).parent
+    stale, live = shard / f".{'a' * 32}.npy.999999.tmp", shard / f".{'b' * 32}.npy.999998.tmp"
+    stale.write_bytes(b"\0" * 40 * entry)  # a writer killed mid-write long ago
+    live.write_bytes(b"\0" * 30 * entry)  # one writing now
+    old = time.time_ns() - (STALE_TEMP_SECONDS + 60) * 10**9
+    os.utime(stale, ns=(old, old))
+    assert len(cache_usage(tmp_path / "cache")) == 4 and not stale.exists() and live.exists()
+    # the live temporary file takes its room: of the low-water mark (90 entries) less the 58 reserved, 30
+    # are taken by it, and two of the four entries must go
+    assert cache.enforce_budget(reserve=58 * entry) == 30 * entry + 2 * entry
+    assert sum(cache.has(s) for s in srcs) == 2 and live.exists()
+
+
+def test_an_image_larger_than_the_budget_is_returned_but_not_written(tmp_path):
+    small, big = _png(tmp_path / "small.png", 16, 16, seed=1), _png(tmp_path / "big.png", 64, 64, seed=2)
+    budget = 2 * (64 * 64 * 3)  # room for the big one alone, but not under the low-water mark with others
+    cache = DecodedImageCache(tmp_path / "cache", short_side=64, disk_gb=budget * 0.4 / 2**30)
+    cache.load(small)
+    np.testing.assert_array_equal(cache.load(big), load_image_array(big))
+    assert cache.too_large == 1 and not cache.has(big) and cache.has(small)
+    assert not list((tmp_path / "cache").rglob(".*.tmp"))
+    cache.load(big)  # decoded again each time, never stored
+    assert cache.misses == 3 and cache.too_large == 2

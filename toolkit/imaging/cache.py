@@ -19,6 +19,10 @@ under the budget as long as the writers are counted right: the processes of :fun
 and the workers of a DataLoader are (more processes than that, e.g. several DDP ranks, each add their
 own share). Listing only that often keeps the cost per write constant however many entries the
 folder holds: about twenty ``stat`` calls per entry written and per concurrent writer, amortised.
+Temporary files count too: a listing counts those being written, and removes those a killed writer
+left (untouched for ``STALE_TEMP_SECONDS``), which nothing else would ever remove. An image whose entry
+alone would not fit under the low-water mark is returned without being written: storing it would
+evict every other entry and still leave the folder over its mark.
 
 Training and prediction read images through the same :func:`image_loader`, so the pixels a model
 is evaluated on come from exactly the same decode and downscale it was trained on.
@@ -62,22 +66,49 @@ def default_cache_root() -> Path:
 _LOW_WATER = 0.9
 #: Bytes one writer adds between listings, as a share of the budget (at most the headroom above).
 _SCAN_EVERY = 0.05
+#: A temporary file untouched this long was left by a killed writer (a live one writes an entry in
+#: well under a second, and every write moves its modification time).
+STALE_TEMP_SECONDS = 600
 
 
 def cache_usage(base: str | os.PathLike[str]) -> list[tuple[int, int, str]]:
-    """Every entry under ``base`` (all sides) as ``(last use in ns, bytes, path)``, least recently used first."""
+    """Every entry under ``base`` (all sides) as ``(last use in ns, bytes, path)``, least recently used first.
+
+    Temporary files are not entries; stale ones are removed on the way (:func:`cache_listing`).
+    """
+    return cache_listing(base)[0]
+
+
+def cache_listing(base: str | os.PathLike[str]) -> tuple[list[tuple[int, int, str]], int]:
+    """:func:`cache_usage`'s entries, and the bytes of the temporary files being written.
+
+    Temporary files untouched for ``STALE_TEMP_SECONDS`` are removed instead of counted.
+    """
+    import time
+
     found = []
+    writing = 0
+    stale_before = time.time_ns() - STALE_TEMP_SECONDS * 10**9
     for side in _subdirs(base):
         for shard in _subdirs(side):
             for item in _scandir(shard):
-                if item.name.endswith(".npy") and not item.name.startswith("."):
-                    try:
-                        st = item.stat()
-                    except OSError:
-                        continue  # evicted or replaced by another process meanwhile
+                entry = item.name.endswith(".npy") and not item.name.startswith(".")
+                temp = item.name.startswith(".") and item.name.endswith(".tmp")
+                if not (entry or temp):
+                    continue
+                try:
+                    st = item.stat()
+                except OSError:
+                    continue  # evicted, replaced or moved into place by another process meanwhile
+                if entry:
                     found.append((st.st_mtime_ns, st.st_size, item.path))
+                elif st.st_mtime_ns >= stale_before:
+                    writing += st.st_size
+                else:
+                    with contextlib.suppress(OSError):
+                        os.unlink(item.path)
     found.sort()
-    return found
+    return found, writing
 
 
 def _scandir(folder: str) -> list[os.DirEntry[str]]:
@@ -93,13 +124,15 @@ def _subdirs(folder: str | os.PathLike[str]) -> list[str]:
 
 
 def evict_to(base: str | os.PathLike[str], limit_bytes: int) -> tuple[int, int]:
-    """Remove the least recently used entries under ``base`` until they take at most ``limit_bytes``.
+    """Remove the least recently used entries under ``base`` until the folder takes at most ``limit_bytes``.
+
+    Temporary files being written count towards it (they cannot be removed); stale ones are removed.
 
     Returns:
-        The bytes left and the entries removed.
+        The bytes left (entries and temporary files) and the entries removed.
     """
-    entries = cache_usage(base)
-    total = sum(size for _, size, _ in entries)
+    entries, writing = cache_listing(base)
+    total = writing + sum(size for _, size, _ in entries)
     removed = 0
     for _, size, path in entries:
         if total <= limit_bytes:
@@ -130,6 +163,7 @@ class DecodedImageCache:
         self.writers = writers  # processes writing at once; None: this one, or its DataLoader's workers
         self.written = 0  # bytes added since this process last listed the folder
         self.evicted = 0
+        self.too_large = 0  # images not written: their entry alone would not fit under the low-water mark
         self._writer_pid = -1  # a copy in a new process (fork, DataLoader worker) lists before its first write
         self._share = 0.0
         # In-process tier: arrays already read, by path and file identity so an edited file still misses.
@@ -193,6 +227,9 @@ class DecodedImageCache:
         array = self.decode(path)
         self.misses += 1
         self._keep(name, st, array)
+        if self.disk_budget is not None and array.nbytes > self.disk_budget * _LOW_WATER:
+            self.too_large += 1
+            return array
         entry.parent.mkdir(parents=True, exist_ok=True)
         tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
         try:
