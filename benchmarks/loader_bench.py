@@ -64,7 +64,7 @@ def _fold0(dataset: str):  # noqa: ANN202
     return df, y, np.asarray(train)
 
 
-def bare(dataset: str, model_name: str, size: int, epochs: int, batch: int, threads: int) -> dict:
+def bare(dataset: str, model_name: str, size: int, epochs: int, batch: int, threads: int, fused: bool = False) -> dict:
     import numpy as np
     import timm
     import torch
@@ -84,7 +84,8 @@ def bare(dataset: str, model_name: str, size: int, epochs: int, batch: int, thre
     x = x.contiguous(memory_format=torch.channels_last)
     load_s = time.perf_counter() - t0
     model = timm.create_model(model_name, num_classes=len(classes)).to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    # torch's default on the CPU is the per-tensor update; --bare-fused gives the bare loop clsctl's fused one.
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05, fused=fused or None)
     model.train()
     per_epoch = []
     steps = len(train) // batch  # clsctl drops the last partial batch
@@ -104,7 +105,8 @@ def bare(dataset: str, model_name: str, size: int, epochs: int, batch: int, thre
     return {"load_s": load_s, "img_s_per_epoch": per_epoch, "img_s": max(per_epoch), "images_per_epoch": steps * batch}
 
 
-def clsctl(dataset: str, model_name: str, size: int, epochs: int, batch: int, threads: int, work: Path) -> dict:
+def clsctl(dataset: str, model_name: str, size: int, epochs: int, batch: int, threads: int, work: Path,
+           extra: tuple[str, ...] = ()) -> dict:
     import pandas as pd
 
     root = DATA / dataset
@@ -115,7 +117,7 @@ def clsctl(dataset: str, model_name: str, size: int, epochs: int, batch: int, th
             f"train.epochs={epochs}", f"train.batch_size={batch}", "train.patience=none", "split.folds=5",
             "split.seed=0", 'aug.preset="light"', "data.normalize=imagenet", "data.cache=true",
             f'data.cache_dir="{cache}"', "loss.label_smoothing=0.0", 'sched.name="none"',
-            f"split.group={group}" if group else "split.group=none"]
+            f"split.group={group}" if group else "split.group=none", *extra]
     cmd = [sys.executable, "-m", "toolkit", "train", "--recipe", str(REPO / "recipes" / "lite0_finetune.toml"),
            "--folds", "0", "--runs", str(runs), "--name", "bench"]
     for s in sets:
@@ -146,11 +148,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--bare-fused", action="store_true", help="the bare loop's AdamW uses torch's fused update")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra recipe overrides for clsctl (repeatable), e.g. optim.kwargs={fused=false}")
     parser.add_argument("--bare", help=argparse.SUPPRESS)  # internal: run one bare case, print JSON
     args = parser.parse_args()
     if args.bare:
         dataset, model_name, size = args.bare.split(":")
-        print(json.dumps(bare(dataset, model_name, int(size), args.epochs, args.batch, args.threads)))  # --epochs = bare epochs here
+        print(json.dumps(bare(dataset, model_name, int(size), args.epochs, args.batch, args.threads,
+                              args.bare_fused)))  # --epochs = bare epochs here
         return
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -165,17 +171,20 @@ def main() -> None:
 
         def run_bare(spec: str = spec) -> dict:
             out = subprocess.run([sys.executable, __file__, "--bare", spec, "--epochs", str(args.bare_epochs),
-                                  "--batch", str(args.batch), "--threads", str(args.threads)],
+                                  "--batch", str(args.batch), "--threads", str(args.threads),
+                                  *(["--bare-fused"] if args.bare_fused else [])],
                                  check=True, capture_output=True, text=True,
                                  env={**os.environ, "OMP_NUM_THREADS": str(args.threads)}).stdout
             return json.loads(out.strip().splitlines()[-1])
 
         before = run_bare()
         with tempfile.TemporaryDirectory() as tmp:
-            c = clsctl(dataset, model_name, int(size), args.epochs, args.batch, args.threads, Path(tmp))
+            c = clsctl(dataset, model_name, int(size), args.epochs, args.batch, args.threads, Path(tmp),
+                       tuple(args.set))
         after = run_bare()
         b = {"img_s": (before["img_s"] + after["img_s"]) / 2, "before": before, "after": after}
         row = {"dataset": dataset, "model": model_name, "size": int(size), "bare": b, "clsctl": c,
+               "bare_fused": args.bare_fused, "clsctl_sets": args.set,
                "epoch1_ratio": c["epoch1_img_s"] / b["img_s"], "warm_ratio": c["warm_img_s"] / b["img_s"]}
         results.append(row)
         wait = c["data_wait_s"]
