@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from toolkit.cli.options import RunsOpt
+from toolkit.cli.options import CalibrationOpt, DecideOpt, RunsOpt
 
 
 def ensemble(
@@ -37,11 +37,8 @@ def ensemble(
     calibrate: Annotated[bool, typer.Option(
         "--calibrate", help="Rescale each run member (each part with --compose) by its run's calibration, fitted "
         "on its out-of-fold rows, before voting.")] = False,
-    calibration: Annotated[str, typer.Option("--calibration", metavar="temperature|vector",
-                                             help="What --calibrate applies.")] = "temperature",
-    decide: Annotated[str, typer.Option(
-        "--decide", metavar="argmax|f1", help="f1: per-class offsets on the log-probabilities tuned for macro-F1 on "
-        "the out-of-fold rows, kept only when their cross-fitted gain is positive.")] = "argmax",
+    calibration: CalibrationOpt = "temperature",
+    decide: DecideOpt = "argmax",
     compose: Annotated[bool, typer.Option(
         "--compose", help="The arguments are PART=RUN pairs (mask=RUN_A gender=RUN_B age=RUN_C): per-attribute "
         "runs composed into the combined label of the recipe's [targets.combine] (product of the parts).")] = False,

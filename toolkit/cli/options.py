@@ -26,3 +26,11 @@ NameOpt = Annotated[
     typer.Option("--name", "-n", help="Run name: the run folder ends with it, so runs/*-NAME finds it.",
                  show_default=False),
 ]
+CalibrationOpt = Annotated[
+    str, typer.Option("--calibration", metavar="temperature|vector", help="What --calibrate applies."),
+]
+DecideOpt = Annotated[
+    str,
+    typer.Option("--decide", metavar="argmax|f1", help="f1: per-class offsets on the log-probabilities tuned for "
+                 "macro-F1 on the out-of-fold rows, kept only when their cross-fitted gain is positive."),
+]

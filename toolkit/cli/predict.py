@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from toolkit.cli.options import RunsOpt
+from toolkit.cli.options import CalibrationOpt, DecideOpt, RunsOpt
 
 
 def predict(
@@ -47,11 +47,8 @@ def predict(
     calibrate: Annotated[bool, typer.Option(
         "--calibrate", help="Rescale the probabilities by the run's calibration (fitted on its out-of-fold rows; "
         "recorded in its summary.json).")] = False,
-    calibration: Annotated[str, typer.Option("--calibration", metavar="temperature|vector",
-                                             help="What --calibrate applies.")] = "temperature",
-    decide: Annotated[str, typer.Option(
-        "--decide", metavar="argmax|f1", help="f1: per-class offsets on the log-probabilities tuned for macro-F1 on "
-        "the run's out-of-fold rows, kept only when their cross-fitted gain is positive.")] = "argmax",
+    calibration: CalibrationOpt = "temperature",
+    decide: DecideOpt = "argmax",
     runs: RunsOpt = None,
 ) -> None:
     """Predict images with a run's fold models and test-time views; write probabilities and a submission.
