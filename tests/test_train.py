@@ -562,3 +562,20 @@ def test_terminal_display_runs_bars_and_logs_above_them(capsys):
         folds.advance(1)
     assert not display.bars.live.is_started  # an open task does not keep the display alive
     assert "fold 0 epoch 0 | train_loss 0.1000" in capsys.readouterr().out
+
+
+def test_a_calibration_that_cannot_be_fitted_keeps_the_summary(images, tmp_path, monkeypatch):
+    """The run is good even when its out-of-fold calibration fails: summary.json is written with the reason."""
+    from toolkit.errors import DataError
+    from toolkit.train import results, train
+
+    def refuse(*args, **kwargs):
+        raise DataError("probabilities contain NaN or infinity", "check the model outputs")
+
+    monkeypatch.setattr(results, "fit_calibration", refuse)
+    recipe = load_recipe(write_recipe(tmp_path / "r.toml", images, train={"epochs": 1}, split={"folds": 2}))
+    run = train(recipe, runs_root=tmp_path / "runs", progress=False)
+    summary = run.summary
+    assert run.status == "finished" and summary["oof_rows"] > 0 and "cv" in summary
+    assert "calibration" not in summary
+    assert summary["calibration_error"] == "probabilities contain NaN or infinity"

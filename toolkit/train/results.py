@@ -9,7 +9,7 @@ import numpy as np
 
 from toolkit.calibration import calibration_record
 from toolkit.data.training import TrainingData
-from toolkit.errors import RunError
+from toolkit.errors import RunError, ToolkitError
 from toolkit.metrics import classification_metrics, cv_summary, multihead_metrics
 from toolkit.store.tables import probability_arrays, probability_frame
 
@@ -59,7 +59,12 @@ def write_oof_and_summary(run: Run, data: TrainingData, recipe: Recipe, results:
             y = np.array([classes.index(v) for v in oof["label"]])
             summary["oof"] = classification_metrics(y, oof[classes].to_numpy(), classes)
         summary["oof_rows"] = len(oof)
-        summary["calibration"] = fit_calibration(oof, data.heads, data.classes)
+        try:
+            summary["calibration"] = fit_calibration(oof, data.heads, data.classes)
+        except ToolkitError as exc:
+            # The run itself is good: a calibration that cannot be fitted (e.g. non-finite probabilities)
+            # must not cost it its summary; `--calibrate` later says why it has none.
+            summary["calibration_error"] = exc.message
     run.update_summary(summary)
 
 
