@@ -8,6 +8,7 @@ from rungen import probabilities, train_run
 
 from toolkit.calibration import (
     apply_calibration,
+    apply_crossfit,
     calibration_record,
     expected_calibration_error,
     fit_temperature,
@@ -106,3 +107,46 @@ def test_run_without_calibration_gets_it_on_first_use(tmp_path):
     assert run.summary["calibration"] == record  # recorded in summary.json
     run.update_summary(calibration={"label": {**record["label"], "temperature": {"temperature": 7.0}}})
     assert run_calibration(run)["label"]["temperature"]["temperature"] == 7.0  # read back, not refitted
+
+
+def test_crossfit_rescales_each_fold_with_parameters_fitted_without_it():
+    # folds whose models are over-confident by different amounts: each fold's cross-fitted temperature
+    # is far from the all-row one, so the two calibrations of the out-of-fold rows must differ.
+    parts = [sampled(1500, t, seed=10 + i) for i, t in enumerate((0.5, 1.0, 4.0))]
+    probs = np.concatenate([p for p, _, _ in parts])
+    y = np.concatenate([labels for _, labels, _ in parts])
+    folds = np.repeat(np.arange(3), 1500)
+    record = calibration_record(probs, y, folds)
+    for method in ("temperature", "vector"):
+        crossfit = apply_crossfit(probs, folds, record, method)
+        assert not np.allclose(crossfit, apply_calibration(probs, record, method))
+        for entry in record[method]["per_fold"]:
+            held = folds == entry["fold"]
+            np.testing.assert_allclose(crossfit[held], scale(probs[held], entry))
+        # the recorded "after" is the score of exactly these rows
+        assert negative_log_likelihood(crossfit, y) == pytest.approx(record[method]["after"]["nll"])
+        # prediction rows (no folds) get the all-row parameters
+        np.testing.assert_allclose(apply_crossfit(probs, None, record, method), apply_calibration(probs, record, method))
+    assert record["temperature"]["per_fold"][2]["temperature"] == pytest.approx(
+        fit_temperature(probs[folds != 2], y[folds != 2]))
+    with pytest.raises(DataError, match="fold 7"):
+        apply_crossfit(probs, np.full(y.size, 7), record, "temperature")
+
+
+def test_negative_fold_rows_are_fitted_on_but_never_scored():
+    probs, y, folds = sampled(3000, 2.0, seed=3)
+    # rows outside every fold, confidently wrong: scoring them would swamp both "before" and "after"
+    extra = np.full((200, len(CLASSES)), 1e-6)
+    extra[:, 0] = 1.0
+    extra_y = np.full(200, 1)
+    all_p, all_y = np.concatenate([probs, extra]), np.concatenate([y, extra_y])
+    all_folds = np.concatenate([folds, np.full(200, -1)])
+    record = calibration_record(all_p, all_y, all_folds, methods=("temperature",))
+    assert record["rows"] == 3200 and record["folds"] == 5
+    assert record["before"]["nll"] == pytest.approx(negative_log_likelihood(probs, y))
+    assert record["before"]["ece"] == pytest.approx(expected_calibration_error(probs, y))
+    crossfit = apply_crossfit(all_p, all_folds, record, "temperature")
+    assert record["temperature"]["after"]["nll"] == pytest.approx(negative_log_likelihood(crossfit[:3000], y))
+    assert record["temperature"]["after"]["ece"] == pytest.approx(expected_calibration_error(crossfit[:3000], y))
+    # the negative-fold rows themselves get the all-row parameters
+    np.testing.assert_allclose(crossfit[3000:], scale(extra, record["temperature"]))

@@ -287,7 +287,7 @@ def test_prediction_files_as_members(runs, tmp_path):
 
 
 def test_training_records_calibration_and_the_ensemble_calibrates_members(runs):
-    from toolkit.calibration import apply_calibration
+    from toolkit.calibration import apply_crossfit
 
     summary = runs["ce"].summary
     record = summary["calibration"]["label"]  # fitted when training finished
@@ -297,7 +297,9 @@ def test_training_records_calibration_and_the_ensemble_calibrates_members(runs):
                       write=False)
     oof = runs["ce"].read_oof()
     member = result.members[0]
+    # out-of-fold rows: each fold rescaled with the parameters fitted without it
     np.testing.assert_allclose(member.oof[CLASSES].to_numpy(),
-                               apply_calibration(oof[CLASSES].to_numpy(dtype=np.float64), record), rtol=1e-5)
+                               apply_crossfit(oof[CLASSES].to_numpy(dtype=np.float64), oof["fold"].to_numpy(), record),
+                               rtol=1e-5)
     assert result.summary()["calibration"]["members"]["ce"]["temperature"] == record["temperature"]["temperature"]
     assert result.summary()["decision"]["applied"] == "argmax of the soft vote"

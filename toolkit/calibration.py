@@ -11,7 +11,12 @@ ignores, so scaling them is the same as scaling the model's logits.
 :func:`calibration_record` fits on a run's out-of-fold rows and is cross-fitted by fold: each fold's
 rows are rescaled with parameters fitted on the other folds' rows, and the NLL and ECE "after" are
 scored on those rows only, so the reported improvement is never measured on the rows it was fitted
-on. The parameters kept for later use are fitted on every row.
+on. The parameters kept for later use are fitted on every row. Rows with a negative fold were never
+held out: they are left out of "before" and "after" alike.
+
+:func:`apply_crossfit` rescales out-of-fold rows the same way (each fold with the parameters fitted
+without it), so that what is tuned on them later (decisions, ensemble weights) is not fitted on
+rows the calibration already saw.
 
 Choices that change numbers:
 
@@ -34,6 +39,7 @@ from toolkit.errors import DataError, UsageError
 __all__ = [
     "METHODS",
     "apply_calibration",
+    "apply_crossfit",
     "calibration_record",
     "expected_calibration_error",
     "fit_temperature",
@@ -218,6 +224,7 @@ def calibration_record(probs: np.ndarray, y: np.ndarray, folds: np.ndarray | Non
         probs: out-of-fold probabilities ``[N, C]``.
         y: true class indices ``[N]``.
         folds: the fold of each row; with fewer than two folds "after" is scored in-sample (and says so).
+            Rows with a negative fold are fitted on but not scored.
         methods: which of ``temperature`` and ``vector`` to fit.
 
     Returns:
@@ -229,7 +236,10 @@ def calibration_record(probs: np.ndarray, y: np.ndarray, folds: np.ndarray | Non
     folds = np.zeros(y.size, dtype=np.int64) if folds is None else np.asarray(folds)
     fold_ids = [f for f in np.unique(folds) if f >= 0]
     crossfit = len(fold_ids) >= 2
-    out: dict[str, Any] = {"rows": int(y.size), "folds": len(fold_ids), "crossfit": crossfit, "before": _quality(p, y)}
+    # rows with a negative fold are never rescaled by the cross-fit, so neither side scores them
+    scored = folds >= 0
+    out: dict[str, Any] = {"rows": int(y.size), "folds": len(fold_ids), "crossfit": crossfit,
+                           "before": _quality(p[scored], y[scored])}
     for method in methods:
         params = _fit(method, p, y)
         if crossfit:
@@ -242,7 +252,7 @@ def calibration_record(probs: np.ndarray, y: np.ndarray, folds: np.ndarray | Non
                 per_fold.append({"fold": int(f), **fitted})
         else:
             after, per_fold = scale(p, params), []
-        out[method] = {**params, "after": _quality(after, y), "per_fold": per_fold}
+        out[method] = {**params, "after": _quality(after[scored], y[scored]), "per_fold": per_fold}
     return out
 
 
@@ -259,3 +269,34 @@ def apply_calibration(probs: np.ndarray, record: Mapping[str, Any], method: str 
     if not isinstance(params, Mapping):
         raise UsageError(f"no {method} calibration is recorded", "fit it first (it is fitted on the run's out-of-fold rows)")
     return scale(probs, params)
+
+
+def apply_crossfit(probs: np.ndarray, folds: np.ndarray | None, record: Mapping[str, Any],
+                   method: str = "temperature") -> np.ndarray:
+    """Out-of-fold probabilities rescaled with each row's fold's cross-fitted ``method`` parameters.
+
+    A row of fold ``f >= 0`` gets the parameters ``record`` holds as fitted without fold ``f`` (its
+    ``per_fold`` entry); rows with a negative fold, every row when ``folds`` is None, and every row of
+    a record that was not cross-fitted get the parameters fitted on every row (:func:`apply_calibration`).
+    Prediction rows (no fold) take :func:`apply_calibration` directly.
+
+    Raises:
+        UsageError: the record has no fit of ``method``. DataError: a fold the record has no
+            parameters for, or ``folds`` not one per row.
+    """
+    out = apply_calibration(probs, record, method)
+    per_fold = record[method].get("per_fold") or []
+    if folds is None or not per_fold:
+        return out
+    folds = np.asarray(folds)
+    if folds.shape != (out.shape[0],):
+        raise DataError(f"{folds.size} folds for {out.shape[0]} probability rows", "pass one fold per row")
+    by_fold = {int(entry["fold"]): entry for entry in per_fold}
+    p = np.asarray(probs, dtype=np.float64)
+    for f in np.unique(folds[folds >= 0]):
+        if int(f) not in by_fold:
+            raise DataError(f"the {method} calibration has no parameters fitted without fold {int(f)}",
+                            "calibrate with the run whose out-of-fold rows these are")
+        held = folds == f
+        out[held] = scale(p[held], by_fold[int(f)])
+    return out

@@ -155,13 +155,15 @@ def _check_folds(parts: Sequence[Part], frames: Sequence[pd.DataFrame], orders: 
     return folds
 
 
-def _calibrated(parts: Sequence[Part], method: str | None, probs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _calibrated(parts: Sequence[Part], method: str | None, probs: dict[str, np.ndarray],
+                folds: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Each part's probabilities calibrated; out-of-fold rows (``folds`` given) cross-fitted by fold."""
     if method is None:
         return probs
-    from toolkit.calibration import apply_calibration
+    from toolkit.calibration import apply_crossfit
     from toolkit.train.results import run_calibration
 
-    return {p.name: apply_calibration(probs[p.name], run_calibration(p.run)[p.head], method) for p in parts}
+    return {p.name: apply_crossfit(probs[p.name], folds, run_calibration(p.run)[p.head], method) for p in parts}
 
 
 def compose_member(refs: Sequence[str | os.PathLike[str]], into: str | None = None, *,
@@ -200,7 +202,7 @@ def compose_member(refs: Sequence[str | os.PathLike[str]], into: str | None = No
             raise RunError(f"run {p.run.id}'s out-of-fold table has no labels", "retrain it")
         probs[p.name], labels[p.name] = arrays[p.head], truth[p.head]
     part_scores = {p.name: classification_metrics(labels[p.name], probs[p.name], p.classes) for p in parts}
-    probs = _calibrated(parts, calibrate, probs)
+    probs = _calibrated(parts, calibrate, probs, folds)
     y = combine_indices([labels[p.name] for p in parts], sizes)
     ref = frames[0].iloc[orders[0]].reset_index(drop=True)
     ids = ref["id"].astype(str).tolist()

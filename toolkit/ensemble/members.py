@@ -297,14 +297,19 @@ def calibrate_member(member: Member, method: str) -> dict[str, object] | None:
     """
     if not member.is_run or member.labels_only:
         return None
-    from toolkit.calibration import apply_calibration
+    from toolkit.calibration import apply_calibration, apply_crossfit
     from toolkit.train.results import run_calibration
 
     heads, _ = member.run.read_classes()  # type: ignore[union-attr]
     record = run_calibration(member.run)[heads[0]]  # type: ignore[arg-type]
-    for frame in (member.oof, member.test):
-        if frame is not None:
-            frame[member.classes] = apply_calibration(frame[member.classes].to_numpy(dtype=np.float64), record, method)
+    # out-of-fold rows: each fold with the parameters fitted without it; prediction rows: all-row ones
+    oof = member.oof
+    if oof is not None:
+        folds = oof["fold"].to_numpy(dtype=np.int64) if "fold" in oof.columns else None
+        oof[member.classes] = apply_crossfit(oof[member.classes].to_numpy(dtype=np.float64), folds, record, method)
+    if member.test is not None:
+        member.test[member.classes] = apply_calibration(member.test[member.classes].to_numpy(dtype=np.float64),
+                                                        record, method)
     fitted = record[method]
     return {"method": method, **{k: v for k, v in fitted.items() if k not in ("after", "per_fold")},
             "before": record["before"], "after": fitted["after"]}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from toolkit.calibration import apply_calibration, log_probs
+from toolkit.calibration import apply_crossfit, log_probs
 from toolkit.decisions import DECISIONS, Decision, tune_decisions
 from toolkit.errors import RunError, UsageError
 from toolkit.store import Run
@@ -53,5 +53,5 @@ def run_decision(run: Run, decide: str, calibration: dict[str, Any] | None, meth
         raise RunError(f"run {run.id}'s out-of-fold table has no labels", "retrain it")
     p = probs[head]
     if calibration is not None and method is not None:
-        p = apply_calibration(p, calibration[head], method)
+        p = apply_crossfit(p, folds, calibration[head], method)
     return tune_decisions(log_probs(p), labels[head], folds, classes[head], decide)
