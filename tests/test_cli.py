@@ -103,3 +103,13 @@ def test_truncated_image_inside_a_loader_worker_is_one_line(tmp_path, per_class)
     assert len(lines) == 1 and "cut.jpg" in lines[0] and "truncated" in lines[0], out.stderr
     assert "1 unreadable image(s)" in lines[0] and not (tmp_path / "runs").exists()
     assert "Traceback" not in out.stderr
+
+
+def test_calibration_alone_implies_calibrate():
+    """`--calibration vector` without `--calibrate` calibrates with vector scaling instead of being ignored."""
+    from toolkit.cli.options import calibration_method
+
+    assert calibration_method(False, None) is None
+    assert calibration_method(True, None) == "temperature"
+    assert calibration_method(False, "vector") == "vector"
+    assert calibration_method(True, "vector") == "vector"

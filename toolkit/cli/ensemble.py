@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from toolkit.cli.options import CalibrationOpt, DecideOpt, RunsOpt
+from toolkit.cli.options import CalibrationOpt, DecideOpt, RunsOpt, calibration_method
 
 
 def ensemble(
@@ -37,7 +37,7 @@ def ensemble(
     calibrate: Annotated[bool, typer.Option(
         "--calibrate", help="Rescale each run member (each part with --compose) by its run's calibration, fitted "
         "on its out-of-fold rows, before voting.")] = False,
-    calibration: CalibrationOpt = "temperature",
+    calibration: CalibrationOpt = None,
     decide: DecideOpt = "argmax",
     compose: Annotated[bool, typer.Option(
         "--compose", help="The arguments are PART=RUN pairs (mask=RUN_A gender=RUN_B age=RUN_C): per-attribute "
@@ -57,7 +57,7 @@ def ensemble(
 
     result = run_ensemble(members, vote=vote, weights=weights, select=select, metric=metric,
                           predictions=predictions, name=name, bags=bags, runs_root=runs,
-                          sample_submission=sample_submission, calibrate=calibration if calibrate else None,
+                          sample_submission=sample_submission, calibrate=calibration_method(calibrate, calibration),
                           decide=decide, compose=compose, into=into)
     _print(result)
 

@@ -27,10 +27,19 @@ NameOpt = Annotated[
                  show_default=False),
 ]
 CalibrationOpt = Annotated[
-    str, typer.Option("--calibration", metavar="temperature|vector", help="What --calibrate applies."),
+    str | None,
+    typer.Option("--calibration", metavar="temperature|vector", help="What --calibrate applies (giving it implies "
+                 "--calibrate) [default: temperature].", show_default=False),
 ]
 DecideOpt = Annotated[
     str,
     typer.Option("--decide", metavar="argmax|f1", help="f1: per-class offsets on the log-probabilities tuned for "
                  "macro-F1 on the out-of-fold rows, kept only when their cross-fitted gain is positive."),
 ]
+
+
+def calibration_method(calibrate: bool, calibration: str | None) -> str | None:
+    """The calibration to apply: ``--calibration M`` alone means ``--calibrate`` with M, so it is never ignored."""
+    if calibration is None:
+        return "temperature" if calibrate else None
+    return calibration

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from toolkit.cli.options import CalibrationOpt, DecideOpt, RunsOpt
+from toolkit.cli.options import CalibrationOpt, DecideOpt, RunsOpt, calibration_method
 
 
 def predict(
@@ -47,7 +47,7 @@ def predict(
     calibrate: Annotated[bool, typer.Option(
         "--calibrate", help="Rescale the probabilities by the run's calibration (fitted on its out-of-fold rows; "
         "recorded in its summary.json).")] = False,
-    calibration: CalibrationOpt = "temperature",
+    calibration: CalibrationOpt = None,
     decide: DecideOpt = "argmax",
     runs: RunsOpt = None,
 ) -> None:
@@ -64,7 +64,7 @@ def predict(
         result = run_predict(run, data, tta=tta, folds=folds, name=name, sample_submission=sample_submission,
                              combine=combine, batch_size=batch_size, runs_root=runs, root=root, workers=workers,
                              progress=progress, engine=engine, onnx=onnx,
-                             calibrate=calibration if calibrate else None, decide=decide)
+                             calibrate=calibration_method(calibrate, calibration), decide=decide)
     if result.main:
         _print(result)
 
