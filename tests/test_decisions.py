@@ -13,7 +13,16 @@ from rungen import imbalanced, train_run
 
 from toolkit.calibration import log_probs
 from toolkit.cli.main import run as cli
-from toolkit.decisions import apply_offsets, crossfit_offsets, fit_offsets, macro_f1, tune_decisions
+from toolkit.decisions import (
+    OFFSET_GRID,
+    _macro_f1_many,
+    _Top2,
+    apply_offsets,
+    crossfit_offsets,
+    fit_offsets,
+    macro_f1,
+    tune_decisions,
+)
 from toolkit.ensemble import ensemble
 from toolkit.errors import DataError, UsageError
 from toolkit.metrics import classification_metrics
@@ -48,6 +57,80 @@ def test_offsets_raise_crossfitted_macro_f1_on_an_imbalanced_problem():
     assert summary["crossfit_gain"] == pytest.approx(decision.gain) and summary["rule"] == "f1_offsets"
     assert summary["in_sample_gain"] >= summary["crossfit_gain"] - 1e-9  # in-sample is the optimistic one
     assert set(summary["offsets"]) == {"common", "rare", "rarer"}
+
+
+def reference_fit_offsets(log_p, y, *, grid=OFFSET_GRID, sweeps=4):
+    """The plain coordinate ascent: every class's competitors found by masking its column of the whole matrix."""
+    z, y = np.asarray(log_p, dtype=np.float64), np.asarray(y, dtype=np.int64)
+    n, c = z.shape
+    values = np.asarray(sorted(set(grid) | {0.0}), dtype=np.float64)
+    nearest_zero = np.argsort(np.abs(values), kind="stable")
+    b = np.zeros(c)
+    if n == 0:
+        return b
+    best = macro_f1(y, apply_offsets(z, b), c)
+    for _ in range(sweeps):
+        changed = False
+        for k in range(c):
+            others = z + b
+            others[:, k] = -np.inf
+            wins = (z[None, :, k] + values[:, None]) > others.max(axis=1)[None, :]
+            scores = _macro_f1_many(y, np.where(wins, k, others.argmax(axis=1)[None, :]), c)
+            top = scores[nearest_zero].max()
+            if top > best + 1e-12:
+                pick = nearest_zero[np.flatnonzero(scores[nearest_zero] >= top - 1e-12)[0]]
+                b[k], best, changed = values[pick], float(top), True
+        if not changed:
+            break
+    return b
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_fit_offsets_matches_the_plain_coordinate_ascent(seed):
+    rng = np.random.default_rng(seed)
+    c = [1, 2, 3, 5, 8, 40][seed % 6]
+    n = int(rng.integers(2, 400))
+    p = rng.dirichlet(np.full(c, [0.3, 1.0, 4.0][seed % 3]), size=n)
+    if seed % 4 != 3:
+        p = np.round(p, [2, 1, 2][seed % 4])  # ties between classes, and zeros (log -inf)
+    with np.errstate(divide="ignore"):
+        z = np.log(p)
+    if seed % 4 == 3:  # rows with a single finite class, and a row with none
+        z[0, :] = -np.inf
+        z[1, :], z[1, c - 1] = -np.inf, -0.1
+    prior = rng.dirichlet(np.ones(c))
+    y = np.where(rng.random(n) < 0.5, rng.choice(c, size=n, p=prior), p.argmax(axis=1))
+    grid = OFFSET_GRID if seed % 2 else (-1.0, -0.5, 0.5, 1.0)
+    got, expected = fit_offsets(z, y, grid=grid, sweeps=6), reference_fit_offsets(z, y, grid=grid, sweeps=6)
+    assert np.array_equal(got, expected)
+
+
+def test_fit_offsets_matches_the_plain_coordinate_ascent_with_many_moves():
+    rng = np.random.default_rng(7)
+    prior = np.geomspace(1, 30, 12)[::-1] / np.geomspace(1, 30, 12).sum()  # skewed: offsets move
+    y = rng.choice(12, size=3000, p=prior)
+    logits = np.log(prior) + 1.5 * np.eye(12)[y] + rng.normal(size=(3000, 12))
+    p = np.round(np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True), 2) + 1e-3  # ties
+    z = np.log(p)
+    got = fit_offsets(z, y)
+    assert (got != 0).sum() >= 6 and np.array_equal(got, reference_fit_offsets(z, y))
+
+
+def test_top2_follows_column_changes_like_masking_the_column():
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        n, c = int(rng.integers(1, 40)), int(rng.integers(1, 8))
+        s = rng.integers(-3, 3, size=(n, c)).astype(float)  # many ties
+        s[rng.random((n, c)) < 0.15] = -np.inf
+        top = _Top2(s)
+        for _ in range(20):
+            k = int(rng.integers(c))
+            top.set_column(k, top.scores[:, k] + rng.integers(-2, 3))  # up, down or unchanged
+            for j in range(c):
+                masked = top.scores.copy()
+                masked[:, j] = -np.inf
+                best, label = top.without(j)
+                assert np.array_equal(best, masked.max(axis=1)) and np.array_equal(label, masked.argmax(axis=1))
 
 
 def test_offsets_without_crossfitted_gain_are_refused_with_a_note():

@@ -84,23 +84,86 @@ def fit_offsets(log_p: np.ndarray, y: np.ndarray, *, grid: Sequence[float] = OFF
     if n == 0:
         return b
     best = macro_f1(y, apply_offsets(z, b), c)
+    shifted = z + b
+    top = _Top2(shifted)
     for _ in range(sweeps):
         changed = False
         for k in range(c):
-            shifted = z + b
-            others = shifted.copy()
-            others[:, k] = -np.inf
-            other_best, other_label = others.max(axis=1), others.argmax(axis=1)
+            other_best, other_label = top.without(k)
             wins = (z[None, :, k] + values[:, None]) > other_best[None, :]  # [G, N]
             preds = np.where(wins, k, other_label[None, :])
             scores = _macro_f1_many(y, preds, c)
-            top = scores[nearest_zero].max()
-            if top > best + 1e-12:
-                pick = nearest_zero[np.flatnonzero(scores[nearest_zero] >= top - 1e-12)[0]]
-                b[k], best, changed = values[pick], float(top), True
+            peak = scores[nearest_zero].max()
+            if peak > best + 1e-12:
+                pick = nearest_zero[np.flatnonzero(scores[nearest_zero] >= peak - 1e-12)[0]]
+                b[k], best, changed = values[pick], float(peak), True
+                top.set_column(k, z[:, k] + b[k])
         if not changed:
             break
     return b
+
+
+class _Top2:
+    """Per row, the best and second-best entries of a score matrix ``[N, C]``, kept as columns change.
+
+    ``i1`` is ``argmax`` of the row and ``i2`` the ``argmax`` of the row with column ``i1`` set to -inf
+    (``v1``, ``v2`` their values), so that the argmax and max of the row without column ``k`` are
+    ``(i1, v1)`` when ``k != i1`` and ``(i2, v2)`` otherwise — exactly what setting column ``k`` to -inf and
+    calling ``argmax``/``max`` gives, ties to the lowest index and NaN first included. Changing one
+    column costs O(N), plus O(C) for each row whose second best may have to come from elsewhere.
+    """
+
+    def __init__(self, scores: np.ndarray):
+        self.scores = scores
+        self.unordered = np.isnan(scores).any(axis=1)  # NaN rows: always rebuilt from the row
+        n = scores.shape[0]
+        self.i1 = np.zeros(n, dtype=np.int64)
+        self.i2 = np.zeros(n, dtype=np.int64)
+        self.v1 = np.zeros(n)
+        self.v2 = np.zeros(n)
+        self._rebuild(np.arange(n))
+
+    def _rebuild(self, rows: np.ndarray) -> None:
+        sub = self.scores[rows]  # a copy
+        at = np.arange(len(rows))
+        i1 = sub.argmax(axis=1)
+        v1 = sub[at, i1]
+        sub[at, i1] = -np.inf
+        i2 = sub.argmax(axis=1)
+        self.i1[rows], self.v1[rows], self.i2[rows], self.v2[rows] = i1, v1, i2, sub[at, i2]
+
+    def without(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(max, argmax)`` per row of the scores with column ``k`` left out (set to -inf)."""
+        first = self.i1 != k
+        return np.where(first, self.v1, self.v2), np.where(first, self.i1, self.i2)
+
+    def set_column(self, k: int, new: np.ndarray) -> None:
+        old = self.scores[:, k].copy()
+        self.scores[:, k] = new
+        i1, i2, v1, v2 = self.i1, self.i2, self.v1, self.v2
+        # (new, k) ranks before (v, i): a larger value, or the same value and a lower index.
+        beats1 = (new > v1) | ((new == v1) & (k < i1))
+        beats2 = (new > v2) | ((new == v2) & (k < i2))
+        was1, was2 = i1 == k, (i2 == k) & (i1 != k)
+        # Rows rebuilt from scratch: NaN rows; rows whose second best is -inf (there i2 is 0, argmax of an
+        # all -inf row, not an order); k first and now behind the second; k second and lower than before.
+        rebuild = self.unordered | (v2 == -np.inf) | (was1 & ~beats2) | (was2 & ~beats1 & (new < old))
+        keep = ~rebuild
+        stay1 = keep & was1  # still first
+        up = keep & was2 & beats1  # second to first
+        stay2 = keep & was2 & ~beats1  # still second, not lower
+        other = keep & ~was1 & ~was2
+        into1, into2 = other & beats1, other & ~beats1 & beats2
+        v1[stay1] = new[stay1]
+        v2[stay2] = new[stay2]
+        i2[up], v2[up] = i1[up], v1[up]
+        i1[up], v1[up] = k, new[up]
+        i2[into1], v2[into1] = i1[into1], v1[into1]
+        i1[into1], v1[into1] = k, new[into1]
+        i2[into2], v2[into2] = k, new[into2]
+        rows = np.flatnonzero(rebuild)
+        if rows.size:
+            self._rebuild(rows)
 
 
 def crossfit_offsets(log_p: np.ndarray, y: np.ndarray, folds: np.ndarray, *,
