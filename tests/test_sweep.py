@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from imagegen import make_imagefolder, write_recipe
+from sweepgen import seeded_pruning_study
 
 from toolkit.cli.main import run as cli
 from toolkit.config import load_recipe, with_overrides
@@ -155,17 +156,10 @@ def test_tiny_sweep_end_to_end_then_resume_continues_counting(tmp_path, images, 
 
 
 def test_a_clearly_worse_trial_is_pruned(tmp_path, images):
-    import optuna
-
     recipe = _recipe(tmp_path, images, name="prune", train={"epochs": 2}, trials=2, pruner="median",
                      startup_trials=1, warmup_epochs=0, space={"optim.lr": {"low": 1e-9, "high": 1e-2, "log": True}})
     runs = tmp_path / "runs"
-    (runs / "studies").mkdir(parents=True)
-    backend = optuna.storages.journal.JournalFileBackend(str(runs / "studies" / "prune.journal"))
-    study = optuna.create_study(storage=optuna.storages.JournalStorage(backend), study_name="prune",
-                                direction="maximize")
-    study.enqueue_trial({"optim.lr": 3e-3})  # learns the colours in an epoch
-    study.enqueue_trial({"optim.lr": 1e-9})  # cannot learn anything: behind at epoch 1
+    seeded_pruning_study(runs, "prune")
     assert cli(["sweep", "--recipe", str(recipe), "--runs", str(runs)]) == 0
     summary = _latest_summary(runs)
     states = {t["number"]: t["state"] for t in summary["trials"]}

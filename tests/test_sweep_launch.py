@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from imagegen import make_imagefolder, write_recipe
+from sweepgen import seeded_pruning_study
 
 from toolkit.cli.main import run as cli
 
@@ -101,16 +102,9 @@ exit 1
 
 @pytest.mark.slow
 def test_trials_train_as_two_process_ddp_and_a_pruned_one_stops_every_process(tmp_path, images, cpu_launch):
-    import optuna
-
     recipe = _recipe(tmp_path, images, "ddp", pruner="median", startup_trials=1, warmup_epochs=0)
     runs = tmp_path / "runs"
-    (runs / "studies").mkdir(parents=True)
-    backend = optuna.storages.journal.JournalFileBackend(str(runs / "studies" / "ddp.journal"))
-    study = optuna.create_study(storage=optuna.storages.JournalStorage(backend), study_name="ddp",
-                                direction="maximize")
-    study.enqueue_trial({"optim.lr": 3e-3})  # learns the colours in an epoch
-    study.enqueue_trial({"optim.lr": 1e-9})  # learns nothing: behind trial 0 after its first epoch
+    seeded_pruning_study(runs, "ddp")
     assert cli(["sweep", "--recipe", str(recipe), "--runs", str(runs), "--launch", LAUNCH]) == 0
 
     sweep_run = next(p for p in runs.iterdir() if p.name.endswith("-ddp"))
