@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
+import stat
 import threading
 import time
 import warnings
@@ -118,15 +120,42 @@ def _watch_worker() -> None:
     """Stop this process (as a SIGTERM would) once the worker that started the trial is gone.
 
     A worker killed outright cannot pass a signal on; without this its trial would train on, holding the
-    run folder the study's retry of the trial is meant to continue.
+    run folder the study's retry of the trial is meant to continue. Its death also closes the pipe this
+    process's output goes to: the next log line would raise ``BrokenPipeError`` and mark the run failed
+    instead of interrupted. So output is sent to the null device before the SIGTERM, and a pipe whose
+    reader has gone is noticed at once (poll reports an error on the write end), not at the next look.
     """
     pid = int(os.environ.get(ENV_WORKER) or 0)
     if pid <= 0:
         return
+    stopping = threading.Lock()
+
+    def stop() -> None:
+        if not stopping.acquire(blocking=False):
+            return  # the other watcher is already stopping this process
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for fd in (1, 2):
+            os.dup2(devnull, fd)
+        os.kill(os.getpid(), signal.SIGTERM)
 
     def watch() -> None:
         while pid_alive(pid):
             time.sleep(_WATCH_EVERY)
-        os.kill(os.getpid(), signal.SIGTERM)
+        stop()
+
+    def watch_pipe() -> None:
+        poller = select.poll()
+        poller.register(1, 0)  # no events asked for: poll returns only on error or hang-up
+        while True:
+            events = 0
+            for _, event in poller.poll():
+                events |= event
+            if events & select.POLLNVAL:
+                return  # fd 1 was closed here: nothing left to watch
+            if events & (select.POLLERR | select.POLLHUP):
+                stop()
+                return
 
     threading.Thread(target=watch, name="clsctl-worker-watch", daemon=True).start()
+    if stat.S_ISFIFO(os.fstat(1).st_mode):
+        threading.Thread(target=watch_pipe, name="clsctl-output-watch", daemon=True).start()
