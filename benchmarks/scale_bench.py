@@ -153,7 +153,7 @@ def run_stage(name: str, argv: list[str], env: dict[str, str], log: Path) -> dic
     return {"seconds": seconds, "cpu_s": usage.ru_utime + usage.ru_stime, "rss_mib": usage.ru_maxrss / 1024}
 
 
-def stage_commands(work: Path, data: Path) -> dict[str, list[str]]:
+def stage_commands(work: Path, data: Path, classes: int) -> dict[str, list[str]]:
     """Each stage's command line; later stages read what earlier ones wrote under ``work``."""
     clsctl = [sys.executable, "-m", "toolkit"]
     me = [sys.executable, str(Path(__file__).resolve())]
@@ -184,7 +184,7 @@ seed = 0
         "split": [*clsctl, "split", str(manifest), "--root", str(root), "--folds", "5", "--group", "group",
                   "--out", str(work / "split.csv"), "--name", "split"],
         "train": [*clsctl, "train", "--recipe", str(recipe), "--folds", "0", "--name", "tiny"],
-        "oof": [*me, "--members", str(work), "--data", str(data)],
+        "oof": [*me, "--members", str(work), "--data", str(data), "--classes", str(classes)],
         "predict": [*clsctl, "predict", "tiny", str(work / "predict.csv"), "--root", str(root), "--folds", "0",
                     "--name", "p10k"],
         "ensemble": [*clsctl, "ensemble", str(work / "runs" / "*-member*"), "--select", "greedy", "--name", "ens"],
@@ -200,7 +200,7 @@ def bench_size(n: int, classes: int, cache: Path, stages: list[str]) -> dict[str
     (work / "logs").mkdir(parents=True)
     env = {**os.environ, "CLSCTL_RUNS": str(work / "runs"), "CLSCTL_CACHE": str(work / "cache"),
            "PYTHONPATH": str(REPO)}
-    commands = stage_commands(work, data)
+    commands = stage_commands(work, data, classes)
     results = {}
     for stage in STAGES:
         if stage not in stages:

@@ -8,7 +8,7 @@ with the same scikit-learn call, so fold 0 is the same rows.
 
 Usage::
 
-    python benchmarks/train_bench.py [--cases facemask,pacs,mnist] [--out benchmarks/results/train.json]
+    python benchmarks/train_bench.py [--cases facemask,pacs,mnist] [--epochs N] [--out benchmarks/results/train.json]
 
 clsctl numbers include what the bare loop leaves out: decoding from disk every epoch, validation
 after every epoch, and saving the best checkpoint and the resumable state.
@@ -61,7 +61,8 @@ def clsctl(case: dict, runs: Path) -> dict:
             f"model.name={case['model']}", f"model.pretrained={str(case['pretrained']).lower()}",
             f"optim.lr={case['lr']}", f"train.epochs={case['epochs']}", "train.batch_size=64", "train.patience=none",
             "split.folds=5", "split.seed=0", "aug.preset=none", "aug.hflip=true", "data.normalize=imagenet",
-            "sched.warmup_epochs=1"]
+            # one warmup epoch out of one would leave no epoch at the full rate
+            f"sched.warmup_epochs={1 if case['epochs'] > 1 else 0}"]
     sets.append(f'model.pretrained_file="{WEIGHTS}"' if case["pretrained"] else "model.pretrained_file=none")
     sets.append(f"split.group={case['group']}" if case["group"] != "-" else "split.group=none")
     cmd = [sys.executable, "-m", "toolkit", "train", "--recipe", str(REPO / "recipes" / "lite0_finetune.toml"),
@@ -88,12 +89,13 @@ def clsctl(case: dict, runs: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default="facemask,pacs,mnist")
+    parser.add_argument("--epochs", type=int, default=None, help="every case trains this many epochs [the case's]")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "train.json"))
     args = parser.parse_args()
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.cases.split(","):
-            case = CASES[name]
+            case = CASES[name] if args.epochs is None else {**CASES[name], "epochs": args.epochs}
             b = bare(case)
             c = clsctl(case, Path(tmp) / name)
             results[name] = {"case": case, "bare": b, "clsctl": c,
