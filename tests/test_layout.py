@@ -112,7 +112,7 @@ def test_no_private_name_is_imported_across_packages():
 
 
 def test_cleanlab_is_imported_only_by_clean():
-    """cleanlab is AGPL-3.0: it stays behind `clsctl clean`."""
+    """cleanlab (AGPL-3.0 in older releases) stays behind `clsctl clean`, in one module."""
     users = sorted(str(p.relative_to(PKG)) for p in PKG.rglob("*.py")
                    if any(n == "cleanlab" or n.startswith("cleanlab.") for n in _imports(p)))
     assert users == ["clean/labels.py"]

@@ -1,6 +1,7 @@
 """Label issues from out-of-sample probabilities, with cleanlab (Northcutt et al., JAIR 2021).
 
-cleanlab (AGPL-3.0) is imported here and only here, and only when a function is called. Its
+cleanlab is imported here and only here, and only when a function is called (releases before the
+Apache-2.0 relicensing were AGPL-3.0, so the one module that needs it is the one place to swap it). Its
 confident-learning filter decides which rows are label issues; its label-quality score ranks every
 row; its dataset functions give the per-class noise rates, the most overlapping class pairs and one
 health score.

@@ -55,7 +55,7 @@ def clean(
     """Find label errors: cleanlab on out-of-fold probabilities, duplicates with other labels, a gallery.
 
     Writes a `clean` run (parent: the train run) with label_issues.csv, label_conflicts.csv, summary.json
-    and gallery.html. cleanlab is AGPL-3.0 licensed.
+    and gallery.html.
 
     Example: clsctl clean runs/20260101-120000-baseline --top 20 --apply drop
 
