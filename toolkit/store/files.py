@@ -62,6 +62,7 @@ FINDINGS = {"conflicts": "label_conflicts.csv", "outliers": "outliers.csv", "nea
 CHECKPOINT = "model.safetensors"
 TRIAL_JSON, BEST_TOML, SWEEP_REPORT = "trial.json", "best.toml", "report.html"
 EXPORT, EXPLAIN, TOP_LOSSES = "export", "explain", "top-losses"
+TRACKERS = "trackers"
 # Inside folds/<k>/: a training state is written to STATE_TMP, then swapped in as STATE.
 STATE, STATE_OLD, STATE_TMP = "state", "state.old", "state.tmp"
 STATE_COUNTERS, STATE_EMA = "progress.json", "ema.safetensors"
@@ -421,6 +422,13 @@ class RunFiles:
         frame = read_table(path, what=f"prediction set {name!r} of run {self.id}", hint="predict again")
         frame["id"] = frame["id"].astype(str)
         return frame
+
+    def trackers_dir(self) -> Path:
+        """``trackers/``: the experiment trackers' own files (TensorBoard event files, wandb's local copy).
+
+        Their format is the tracker's; clsctl only chooses the folder, so the run stays one folder.
+        """
+        return self.file(TRACKERS)
 
     # ------------------------------------------------------------------ export and explanations
     def export_dir(self) -> Path:

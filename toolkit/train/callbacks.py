@@ -30,6 +30,7 @@ from toolkit.progress import Progress, Task
 
 if TYPE_CHECKING:
     from toolkit.config.schema import Recipe
+    from toolkit.store import Run
     from toolkit.train.state import FoldState
 
 HOOKS = ("on_fold_start", "on_step_end", "on_epoch_end", "on_fold_end")
@@ -100,9 +101,12 @@ class MetricsLog(Callback):
 class Trackers(Callback):
     """Send each epoch's numbers to Accelerate's trackers (``train.log_with``), as ``fold<k>/<name>``."""
 
+    # the fold and epoch are the tag and the step already; the row count and the best-epoch flag chart nothing
+    SKIPPED = frozenset({"fold", "epoch", "n", "best"})
+
     def on_epoch_end(self, trainer: Any, state: FoldState, row: dict[str, Any], val: dict[str, Any]) -> None:
-        trainer.accelerator.log({f"fold{state.fold}/{key}": v for key, v in row.items() if isinstance(v, int | float)},
-                                step=state.epoch)
+        trainer.accelerator.log({f"fold{state.fold}/{key}": v for key, v in row.items()
+                                 if isinstance(v, int | float) and key not in self.SKIPPED}, step=state.epoch)
 
 
 class EarlyStopping(Callback):
@@ -193,3 +197,29 @@ def default_callbacks(recipe: Recipe, progress: Progress, folds: Sequence[int]) 
         callbacks.append(EarlyStopping(tcfg.patience))
     callbacks.append(ProgressReport(progress, folds, tcfg.epochs, tcfg.log_every))
     return callbacks
+
+
+def start_trackers(accelerator: Any, run: Run, recipe: Recipe) -> None:
+    """Start ``train.log_with``'s trackers: files in the run's ``trackers/``, the project named after the
+    recipe (so a recipe's runs sit side by side in wandb and MLflow) and each run named by its id."""
+    from toolkit.config.schema import recipe_to_dict
+
+    folder = run.trackers_dir()
+    if accelerator.is_main_process:  # the one process that writes the run folder and the trackers
+        folder.mkdir(parents=True, exist_ok=True)
+    accelerator.project_configuration.logging_dir = str(folder)
+    accelerator.init_trackers(
+        recipe.name or "clsctl", config=_flat_config(recipe_to_dict(recipe)),
+        init_kwargs={"wandb": {"name": run.id, "dir": str(folder)}, "mlflow": {"run_name": run.id}})
+
+
+def _flat_config(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat_config(value, f"{prefix}{key}."))
+        elif isinstance(value, int | float | str | bool):
+            out[f"{prefix}{key}"] = value
+        else:
+            out[f"{prefix}{key}"] = str(value)
+    return out

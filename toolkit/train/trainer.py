@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from toolkit.config.schema import Recipe, recipe_to_dict
+from toolkit.config.schema import Recipe
 from toolkit.data.training import bad_images_error, load_training_data, parse_fold_selection, skip_bad_images
 from toolkit.errors import RunError, TrainingError, UsageError
 from toolkit.metrics import is_better
@@ -38,7 +38,7 @@ from toolkit.progress import NullProgress, Progress, as_progress
 from toolkit.runtime import cores, make_accelerator
 from toolkit.store import Run, RunStatus, RunStore, default_runs_root, run_holding
 from toolkit.store.atomic import no_room
-from toolkit.train.callbacks import HOOKS, Callback, default_callbacks
+from toolkit.train.callbacks import HOOKS, Callback, default_callbacks, start_trackers
 from toolkit.train.loaders import fold_loaders, fold_seed
 from toolkit.train.optimizers import create_optimizer
 from toolkit.train.results import write_oof_and_summary
@@ -110,9 +110,12 @@ class Trainer:
         validate_recipe(recipe)  # a bad name fails before any data is read or any run folder exists
         check_pretrained(recipe.model)  # and so do weights that cannot be had
 
+        # Accelerate refuses a file-writing tracker (TensorBoard) without a logging folder when it is
+        # built; the run's own trackers/ folder is set once the run exists, before the trackers start.
+        trackers = {"log_with": recipe.train.log_with, "project_dir": "."} if recipe.train.log_with else {}
         self.accelerator = accelerator = make_accelerator(
             recipe.train.precision, gradient_accumulation_steps=recipe.train.grad_accum,
-            log_with=recipe.train.log_with or None, step_scheduler_with_optimizer=False)
+            step_scheduler_with_optimizer=False, **trackers)
         self.progress = as_progress(self.requested_progress) if accelerator.is_main_process else NullProgress()
         # The run's lock is held until training ends, however it ends (the OS drops it if the process dies).
         with contextlib.ExitStack() as held:
@@ -237,7 +240,7 @@ class Trainer:
             manifest["fold"] = data.folds
             run.write_manifest(manifest)
         if recipe.train.log_with:
-            accelerator.init_trackers(run.id, config=_flat_config(recipe_to_dict(recipe)))
+            start_trackers(accelerator, run, recipe)
 
     def _check_images(self) -> dict[str, Any] | None:
         """Decode every image once before epoch 1: find every unreadable one, and fill the decoded cache.
@@ -580,15 +583,3 @@ def _seed_epoch(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def _flat_config(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat_config(value, f"{prefix}{key}."))
-        elif isinstance(value, int | float | str | bool):
-            out[f"{prefix}{key}"] = value
-        else:
-            out[f"{prefix}{key}"] = str(value)
-    return out

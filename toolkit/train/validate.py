@@ -40,8 +40,30 @@ def check_recipe(recipe: Recipe) -> None:
     """
     check_data_source(recipe.data)
     check_values(recipe)
+    check_trackers(recipe.train.log_with)
     if recipe.data.normalize == "dataset" and recipe.data.mean is None and recipe.data.stats_file:
         read_dataset_stats(recipe.data.stats_file)
+
+
+# The module each tracker of train.log_with needs. Accelerate quietly leaves out a tracker whose package
+# is missing, so a run asked to log would log nowhere without this check.
+_TRACKER_MODULES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",)}
+
+
+def check_trackers(names: list[str]) -> None:
+    """Every tracker of ``train.log_with`` is installed (looked up, not imported).
+
+    Raises:
+        RecipeError: naming the tracker and the extra that installs it.
+    """
+    import importlib.util
+
+    for name in names:
+        modules = _TRACKER_MODULES.get(name, (name,))
+        if not any(importlib.util.find_spec(m) is not None for m in modules):
+            raise RecipeError(f"train.log_with names {name}, but the {modules[0]} package is not installed",
+                              f"install it with `uv sync --extra {name}` (or pip install {modules[0]}), "
+                              f"or remove {name} from train.log_with")
 
 
 def validate_recipe(recipe: Recipe) -> None:
