@@ -85,7 +85,8 @@ class Context:
 
     def show(self, arg: str) -> str:
         """An argument as the printed command gives it: paths under the output folder start with $OUT."""
-        text = arg.replace(str(self.out), "$OUT").replace(str(REPO) + "/", "").replace(str(DATA), "$CLSCTL_DATA")
+        text = (arg.replace(str(self.out), "$OUT").replace(str(REPO) + "/", "").replace(str(DATA), "$CLSCTL_DATA")
+                .replace(str(DATA.parent), "$CLSCTL_DATA/.."))
         return text if re.fullmatch(r"[\w@%+=:,./$-]+", text) else shlex.quote(text)
 
 
@@ -211,10 +212,11 @@ def train(ctx: Context) -> list[Row]:
 
 
 def shared_paths(data: str) -> list[str]:
-    """--set options that point a recipe of ``recipes/`` at $CLSCTL_DATA instead of the paths it names."""
+    """--set options that point a recipe of ``recipes/`` at $CLSCTL_DATA instead of the paths it names
+    (a value that is not TOML is read as a plain string, so a path needs no quotes)."""
     root = DATA / data
-    return ["--set", f'data.root="{root}"', "--set", f'data.manifest="{root / "manifest.csv"}"', "--set",
-            f'model.pretrained_file="{DATA.parent / "weights" / "tf_efficientnet_lite0.in1k.safetensors"}"']
+    return ["--set", f"data.root={root}", "--set", f"data.manifest={root / 'manifest.csv'}", "--set",
+            f"model.pretrained_file={DATA.parent / 'weights' / 'tf_efficientnet_lite0.in1k.safetensors'}"]
 
 
 def facemask(ctx: Context) -> list[Row]:
@@ -275,7 +277,7 @@ def export(ctx: Context) -> list[Row]:
 
 def clean(ctx: Context) -> list[Row]:
     out = ctx.out / "clean-mnist"
-    ctx.script("clean", "clean_bench.py", ["mnist", *ctx.pick(["--limit", "2000", "--epochs", "4", "--no-retrain"], []),
+    ctx.script("clean", "clean_bench.py", ["mnist", *ctx.pick(["--limit", "3000", "--epochs", "4", "--no-retrain"], []),
                                            "--out", str(out)])
     r = json.loads((out / "result.json").read_text())
     extra = ""
@@ -299,7 +301,7 @@ def report(ctx: Context) -> list[Row]:
 
 def scale(ctx: Context) -> list[Row]:
     out = ctx.out / "scale.json"
-    args = ctx.pick(["--sizes", "2000,6000", "--classes", "100"], [])
+    args = ctx.pick(["--sizes", "1000,4000", "--classes", "100"], [])
     ctx.script("scale", "scale_bench.py", [*args, "--cache", str(ctx.out / "scale-cache"), "--json", str(out)])
     res = {int(n): r for n, r in json.loads(out.read_text()).items()}
     sizes = sorted(res)
