@@ -167,7 +167,7 @@ def eda(ctx: Context) -> list[Row]:
 
 
 def shortcuts(ctx: Context) -> list[Row]:
-    text = ctx.script("shortcuts", "shortcuts_bench.py", ctx.pick(["--rounds", "1"], ["--rounds", "3"]))
+    text = ctx.script("shortcuts", "shortcuts_bench.py", ctx.pick(["--rounds", "1"], ["--rounds", "4"]))
     return [Row("eda shortcut audit", r["data"].split(" (")[0],
                 f"eda ×{r['ratio per round, median (range)'].split()[0]} with the audit; found: "
                 f"{r['findings (class, strength)']}")
@@ -177,7 +177,7 @@ def shortcuts(ctx: Context) -> list[Row]:
 def predict(ctx: Context) -> list[Row]:
     text = ctx.script("predict", "predict_bench.py",
                       ctx.pick(["--images", "128", "--views", "none,hflip", "--repeats", "2"],
-                               ["--images", "256", "--repeats", "3"]))
+                               ["--threads", "1", "--repeats", "3"]))
     views = table_with(text, "ratio")
     return [Row("predict", "resnet18 @128 px, vs bare model(x)",
                 ", ".join(f"{r['views']} {r['ratio']}× ({float(r['predict img/s']):.0f} img/s)" for r in views))]
@@ -268,7 +268,7 @@ def export(ctx: Context) -> list[Row]:
     printed = ctx.clsctl("export", ["export", run, "--tta", "hflip", *folds])
     parity = re.search(r"parity: max \|onnxruntime - pytorch\| probability (\S+)", printed)
     text = ctx.script("export-bench", "export_bench.py",
-                      [run, *ctx.pick(["--images", "128", "--rounds", "2"], ["--images", "512", "--rounds", "3"])])
+                      [run, *ctx.pick(["--images", "128", "--rounds", "2"], ["--images", "256", "--rounds", "3", "--threads", "1"])])
     cells = {r["measure"]: r["onnx / torch"].split()[0] for r in table_with(text, "onnx / torch")}
     return [Row("export", f"facemask ce run, {'best fold' if folds else '5 folds'} × hflip, onnxruntime vs PyTorch",
                 f"onnx / torch img/s: model {cells.get('model')}, end to end {cells.get('end-to-end')}; "
@@ -301,7 +301,7 @@ def report(ctx: Context) -> list[Row]:
 
 def scale(ctx: Context) -> list[Row]:
     out = ctx.out / "scale.json"
-    args = ctx.pick(["--sizes", "1000,4000", "--classes", "100"], [])
+    args = ctx.pick(["--sizes", "1000,4000", "--classes", "100"], ["--large"])
     ctx.script("scale", "scale_bench.py", [*args, "--cache", str(ctx.out / "scale-cache"), "--json", str(out)])
     res = {int(n): r for n, r in json.loads(out.read_text()).items()}
     sizes = sorted(res)
@@ -323,7 +323,9 @@ def sweep(ctx: Context) -> list[Row]:
     s = summary(only_run(runs, "-sweep"))
     counts = ", ".join(f"{n} {state}" for state, n in s["counts"].items() if n)
     best, pruning = s["best"], s["pruning"]
-    gain = best.get("baseline", {}).get("gain")
+    if best is None:
+        raise StepFailed(f"no trial of the study completed ({counts})")
+    gain = (best.get("baseline") or {}).get("gain")
     return [Row("sweep", f"{s['study']}: {s['target_trials']} trials, fold {s['folds']}, {s['pruner']} pruner",
                 f"{counts}; best trial {best['number']} {s['metric']} {best['value']:.4f}"
                 + (f" ({gain:+.4f} over the recipe's own values)" if gain is not None else "")
@@ -418,7 +420,7 @@ def main() -> None:
         error, rows = None, []
         try:
             rows = STEPS[name](ctx)
-        except (StepFailed, KeyError, ValueError, OSError, TypeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - any step's failure is reported and the others still run
             error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, StepFailed) else str(exc)
         seconds = time.perf_counter() - t0
         results.append({"name": name, "seconds": seconds, "error": error, "commands": ctx.commands,

@@ -187,8 +187,8 @@ class TrainConfig:
     ema_decay: float = _f(0.9998, "EMA decay")
     ema_validate: bool = _f(True, "validate and checkpoint the EMA weights (false: the raw weights)")
     log_with: list[Literal["tensorboard", "wandb", "mlflow"]] = _f(
-        list, "experiment trackers (each needs its extra: uv sync --extra tensorboard); files go to the run's "
-        "trackers/", factory=True)
+        list, "experiment trackers (each needs its extra: uv sync --extra tensorboard); TensorBoard writes into "
+        "the run's trackers/", factory=True)
     log_every: int = _f(50, "steps between plain progress lines when not on a terminal")
     keep_state: bool = _f(False, "keep a finished fold's resume state (folds/<k>/state/); by default it is removed")
     nonfinite: Literal["stop", "skip"] = _f(

@@ -99,14 +99,20 @@ class MetricsLog(Callback):
 
 
 class Trackers(Callback):
-    """Send each epoch's numbers to Accelerate's trackers (``train.log_with``), as ``fold<k>/<name>``."""
+    """Send each epoch's numbers to Accelerate's trackers (``train.log_with``), as ``fold<k>/<name>``.
 
-    # the fold and epoch are the tag and the step already; the row count and the best-epoch flag chart nothing
-    SKIPPED = frozenset({"fold", "epoch", "n", "best"})
+    The step is ``fold × train.epochs + epoch``: one step counter shared by every fold that only grows
+    (folds train in increasing order), because wandb drops a step lower than one it has seen, which a
+    per-fold epoch count would do from fold 1 on. ``fold<k>/epoch`` keeps the epoch itself.
+    """
+
+    # the fold is in the tag; the row count and the best-epoch flag chart nothing
+    SKIPPED = frozenset({"fold", "n", "best"})
 
     def on_epoch_end(self, trainer: Any, state: FoldState, row: dict[str, Any], val: dict[str, Any]) -> None:
+        step = state.fold * trainer.recipe.train.epochs + state.epoch
         trainer.accelerator.log({f"fold{state.fold}/{key}": v for key, v in row.items()
-                                 if isinstance(v, int | float) and key not in self.SKIPPED}, step=state.epoch)
+                                 if isinstance(v, int | float) and key not in self.SKIPPED}, step=step)
 
 
 class EarlyStopping(Callback):
@@ -203,13 +209,14 @@ def start_trackers(accelerator: Any, run: Run, recipe: Recipe) -> None:
     """Start ``train.log_with``'s trackers: files in the run's ``trackers/``, the project named after the
     recipe (so a recipe's runs sit side by side in wandb and MLflow) and each run named by its id."""
     from toolkit.config.schema import recipe_to_dict
+    from toolkit.store import slugify
 
     folder = run.trackers_dir()
     if accelerator.is_main_process:  # the one process that writes the run folder and the trackers
         folder.mkdir(parents=True, exist_ok=True)
     accelerator.project_configuration.logging_dir = str(folder)
     accelerator.init_trackers(
-        recipe.name or "clsctl", config=_flat_config(recipe_to_dict(recipe)),
+        (slugify(recipe.name) if recipe.name else "") or "clsctl", config=_flat_config(recipe_to_dict(recipe)),
         init_kwargs={"wandb": {"name": run.id, "dir": str(folder)}, "mlflow": {"run_name": run.id}})
 
 
