@@ -109,6 +109,22 @@ def test_run_without_calibration_gets_it_on_first_use(tmp_path):
     assert run_calibration(run)["label"]["temperature"]["temperature"] == 7.0  # read back, not refitted
 
 
+def test_a_call_that_writes_nothing_leaves_the_member_runs_untouched(tmp_path):
+    from toolkit.ensemble import ensemble
+
+    labels = np.arange(300) % 3
+    runs = [train_run(tmp_path, name, classes=["x", "y", "z"], labels=labels,
+                      probs=probabilities(labels, 3, acc, seed=seed), folds=np.arange(300) % 3)
+            for name, acc, seed in (("a", 0.8, 1), ("b", 0.7, 2))]
+    before = [(r.path / "summary.json").read_bytes() for r in runs]
+    assert run_calibration(runs[0], record=False)["label"]["temperature"]["temperature"] > 0
+    result = ensemble([str(r.path) for r in runs], calibrate="temperature", write=False, runs_root=tmp_path)
+    assert result.calibration is not None and set(result.calibration["members"]) == {"a", "b"}
+    assert [(r.path / "summary.json").read_bytes() for r in runs] == before  # nothing recorded
+    ensemble([str(r.path) for r in runs], calibrate="temperature", runs_root=tmp_path)
+    assert all("calibration" in type(r)(r.path).summary for r in runs)  # a writing call records it once
+
+
 def test_crossfit_rescales_each_fold_with_parameters_fitted_without_it():
     # folds whose models are over-confident by different amounts: each fold's cross-fitted temperature
     # is far from the all-row one, so the two calibrations of the out-of-fold rows must differ.

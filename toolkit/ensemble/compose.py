@@ -156,19 +156,20 @@ def _check_folds(parts: Sequence[Part], frames: Sequence[pd.DataFrame], orders: 
 
 
 def _calibrated(parts: Sequence[Part], method: str | None, probs: dict[str, np.ndarray],
-                folds: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                folds: np.ndarray | None = None, *, record: bool = True) -> dict[str, np.ndarray]:
     """Each part's probabilities calibrated; out-of-fold rows (``folds`` given) cross-fitted by fold."""
     if method is None:
         return probs
     from toolkit.calibration import apply_crossfit
     from toolkit.train.results import run_calibration
 
-    return {p.name: apply_crossfit(probs[p.name], folds, run_calibration(p.run)[p.head], method) for p in parts}
+    return {p.name: apply_crossfit(probs[p.name], folds, run_calibration(p.run, record=record)[p.head], method)
+            for p in parts}
 
 
 def compose_member(refs: Sequence[str | os.PathLike[str]], into: str | None = None, *,
                    runs_root: str | Path | None = None, predictions: str | None = None,
-                   calibrate: str | None = None) -> tuple[Member, dict[str, Any]]:
+                   calibrate: str | None = None, record: bool = True) -> tuple[Member, dict[str, Any]]:
     """Compose ``PART=RUN`` arguments into one member predicting the combined label.
 
     Args:
@@ -177,6 +178,7 @@ def compose_member(refs: Sequence[str | os.PathLike[str]], into: str | None = No
         runs_root: where runs are looked up.
         predictions: the prediction set to compose (default: the newest every part run has).
         calibrate: ``temperature`` or ``vector`` to calibrate each part before the product; None not to.
+        record: save a part run's first-use calibration into its summary (False when nothing is written).
 
     Returns:
         The member (its ``parts`` are the part runs) and what summary.json records about the composition.
@@ -202,7 +204,7 @@ def compose_member(refs: Sequence[str | os.PathLike[str]], into: str | None = No
             raise RunError(f"run {p.run.id}'s out-of-fold table has no labels", "retrain it")
         probs[p.name], labels[p.name] = arrays[p.head], truth[p.head]
     part_scores = {p.name: classification_metrics(labels[p.name], probs[p.name], p.classes) for p in parts}
-    probs = _calibrated(parts, calibrate, probs, folds)
+    probs = _calibrated(parts, calibrate, probs, folds, record=record)
     y = combine_indices([labels[p.name] for p in parts], sizes)
     ref = frames[0].iloc[orders[0]].reset_index(drop=True)
     ids = ref["id"].astype(str).tolist()
@@ -223,7 +225,7 @@ def compose_member(refs: Sequence[str | os.PathLike[str]], into: str | None = No
             arrays, _, _ = probability_arrays(frame.iloc[order].reset_index(drop=True), p.heads, p.all_classes,
                                               what=f"prediction set {prediction_set!r} of run {p.run.id}")
             test_probs[p.name] = arrays[p.head]
-        test_probs = _calibrated(parts, calibrate, test_probs)
+        test_probs = _calibrated(parts, calibrate, test_probs, record=record)
         ref_t = test_frames[0].iloc[order_t[0]].reset_index(drop=True)
         test = probability_frame(ref_t["id"].astype(str).tolist(),
                                  ref_t["path"].tolist() if "path" in ref_t.columns else None,

@@ -205,12 +205,12 @@ def ensemble(refs: Sequence[str | Path], *, vote: str = "soft", weights: str | S
         from toolkit.ensemble.compose import compose_member
 
         member, composed = compose_member(refs, into, runs_root=runs_root, predictions=predictions,
-                                          calibrate=calibrate)
+                                          calibrate=calibrate, record=write)
         members, prediction_set, skipped = [member], composed["prediction_set"], []
     else:
         members, prediction_set, skipped = load_members(refs, runs_root, predictions)
         if calibrate is not None:
-            calibrated = {m.name: calibrate_member(m, calibrate) for m in members}
+            calibrated = {m.name: calibrate_member(m, calibrate, record=write) for m in members}
     classes = check_classes(members)
     n_classes = len(classes)
     if vote != "hard" and any(m.labels_only for m in members):

@@ -289,7 +289,7 @@ def check_labels(members: Sequence[Member], orders: Sequence[np.ndarray]) -> np.
     return labels
 
 
-def calibrate_member(member: Member, method: str) -> dict[str, object] | None:
+def calibrate_member(member: Member, method: str, *, record: bool = True) -> dict[str, object] | None:
     """Rescale a run member's out-of-fold and prediction probabilities with its run's calibration.
 
     The calibration is the run's own (fitted on its out-of-fold rows, recorded in its summary.json on
@@ -301,15 +301,16 @@ def calibrate_member(member: Member, method: str) -> dict[str, object] | None:
     from toolkit.train.results import run_calibration
 
     heads, _ = member.run.read_classes()  # type: ignore[union-attr]
-    record = run_calibration(member.run)[heads[0]]  # type: ignore[arg-type]
+    # record=False: the caller writes nothing, so a first-use fit is not saved into the member run either
+    calib = run_calibration(member.run, record=record)[heads[0]]  # type: ignore[arg-type]
     # out-of-fold rows: each fold with the parameters fitted without it; prediction rows: all-row ones
     oof = member.oof
     if oof is not None:
         folds = oof["fold"].to_numpy(dtype=np.int64) if "fold" in oof.columns else None
-        oof[member.classes] = apply_crossfit(oof[member.classes].to_numpy(dtype=np.float64), folds, record, method)
+        oof[member.classes] = apply_crossfit(oof[member.classes].to_numpy(dtype=np.float64), folds, calib, method)
     if member.test is not None:
         member.test[member.classes] = apply_calibration(member.test[member.classes].to_numpy(dtype=np.float64),
-                                                        record, method)
-    fitted = record[method]
+                                                        calib, method)
+    fitted = calib[method]
     return {"method": method, **{k: v for k, v in fitted.items() if k not in ("after", "per_fold")},
-            "before": record["before"], "after": fitted["after"]}
+            "before": calib["before"], "after": fitted["after"]}

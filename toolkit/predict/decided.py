@@ -15,15 +15,16 @@ from toolkit.store.tables import probability_arrays
 from toolkit.train.results import run_calibration
 
 
-def run_calibration_for(run: Run, method: str | None) -> dict[str, Any] | None:
-    """Head → the run's calibration record (fitted and recorded on first use), or None when not asked for."""
+def run_calibration_for(run: Run, method: str | None, *, record: bool = True) -> dict[str, Any] | None:
+    """Head → the run's calibration record (fitted, and recorded unless ``record`` is False, on first use),
+    or None when not asked for."""
     if method is None:
         return None
     from toolkit.calibration import METHODS
 
     if method not in METHODS:
         raise UsageError(f"--calibration {method!r} is not one of {', '.join(METHODS)}", "use temperature or vector")
-    return run_calibration(run)
+    return run_calibration(run, record=record)
 
 
 def run_decision(run: Run, decide: str, calibration: dict[str, Any] | None, method: str | None) -> Decision | None:

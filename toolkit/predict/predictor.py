@@ -312,7 +312,7 @@ def predict(run, data: str | Path, *, tta: str | Sequence[str] | None = None, fo
         _check_name(run, name)
     recipe = run.read_recipe()
     heads, classes = run.read_classes()
-    calibration = run_calibration_for(run, calibrate)
+    calibration = run_calibration_for(run, calibrate, record=write)
     decision = run_decision(run, decide, calibration, calibrate)
     fold_states = fold_status(run)
     auto = isinstance(tta, str) and tta.strip().lower() == "auto"

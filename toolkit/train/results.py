@@ -76,10 +76,11 @@ def fit_calibration(oof: pd.DataFrame, heads: list[str], classes: dict[str, list
     return {h: calibration_record(probs[h], labels[h], folds) for h in heads}
 
 
-def run_calibration(run: Run) -> dict[str, Any]:
+def run_calibration(run: Run, *, record: bool = True) -> dict[str, Any]:
     """The run's calibration (``summary.json``), fitted on its out-of-fold rows and recorded on first use.
 
-    Runs trained before calibration was fitted at the end of training get it here, once.
+    Runs trained before calibration was fitted at the end of training get it here, once. With
+    ``record=False`` (a caller asked to write nothing) it is fitted and returned, and the run is untouched.
 
     Raises:
         RunError: the run has no out-of-fold table to fit on.
@@ -91,6 +92,7 @@ def run_calibration(run: Run) -> dict[str, Any]:
     if not run.has_oof():
         raise RunError(f"run {run.id} has no oof.parquet to fit a calibration on",
                        "calibrate runs whose folds all finished (k-fold train runs)")
-    record = fit_calibration(run.read_oof(), heads, classes)
-    run.update_summary(calibration=record)
-    return record
+    fitted = fit_calibration(run.read_oof(), heads, classes)
+    if record:
+        run.update_summary(calibration=fitted)
+    return fitted
