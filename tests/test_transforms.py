@@ -121,7 +121,10 @@ def test_aug_preview_writes_a_grid(tmp_path):
     out = tmp_path / "grid.png"
     assert run(["aug", "preview", str(root), "--set", "data.image_size=32", "--n", "4", "--views", "3", "--out", str(out)]) == 0
     grid = Image.open(out)
-    assert grid.size == (4 + 4 * 36, 4 + 4 * 50)  # 4 columns (eval + 3 views) × 4 rows of 32-px cells
+    # 4 columns (eval + 3 views) × 4 rows; 32-px images shown as 96-px tiles so they and their captions read
+    assert grid.size == (4 + 4 * 100, 4 + 4 * 114)
+    cell = np.asarray(grid.convert("RGB"))[4:100, 4:100]
+    assert (cell[::3, ::3] == cell[1::3, 1::3]).all()  # each model pixel a 3 × 3 block, not smoothed
 
 
 @pytest.mark.parametrize("overrides", [

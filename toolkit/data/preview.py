@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 __all__ = ["aug_preview", "preview_from_path"]
 
 
+MIN_TILE = 96  # px a preview tile is shown at, at least
+
 def aug_preview(recipe: Recipe, manifest: pd.DataFrame, out: str | Path, *, n: int = 16, seed: int = 0,
                 columns: int | None = None, views: int = 1) -> Path:
     """Write a PNG grid of ``n`` seeded samples, each through the recipe's train pipeline ``views`` times.
@@ -63,15 +65,18 @@ def aug_preview(recipe: Recipe, manifest: pd.DataFrame, out: str | Path, *, n: i
             train_tf.set_random_seed(int(np.random.SeedSequence([seed, i, v]).generate_state(1)[0]))
             tiles.append((train_tf(image=image)["image"], caption))
     columns = columns or (views + 1 if views > 1 else max(1, int(np.ceil(np.sqrt(len(tiles))))))
+    # small inputs are shown enlarged (nearest neighbour: each model pixel a visible block, nothing
+    # smoothed that the model does not see), so a 32-px tile and its caption can be read
+    shown = max(size, MIN_TILE)
     pad, text_h = 4, 14
-    cell_w, cell_h = size + pad, size + pad + text_h
+    cell_w, cell_h = shown + pad, shown + pad + text_h
     n_rows = int(np.ceil(len(tiles) / columns))
     canvas = Image.new("RGB", (columns * cell_w + pad, n_rows * cell_h + pad), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     for k, (tile, caption) in enumerate(tiles):
         x, y = pad + (k % columns) * cell_w, pad + (k // columns) * cell_h
-        canvas.paste(Image.fromarray(tile).resize((size, size)), (x, y))
-        draw.text((x, y + size + 1), caption[: max(4, size // 6)], fill=(0, 0, 0))
+        canvas.paste(Image.fromarray(tile).resize((shown, shown), Image.Resampling.NEAREST), (x, y))
+        draw.text((x, y + shown + 1), caption[: shown // 6], fill=(0, 0, 0))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     from toolkit.store.atomic import atomic_writer
