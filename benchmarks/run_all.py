@@ -15,7 +15,8 @@ read the shared data sets (``$CLSCTL_DATA``, default ``../shared/data``) and wei
 step's command is printed with the table). Its numbers show that each path still works and roughly where
 it stands; the full settings are what ``benchmarks/README.md`` reports.
 
-Everything goes to ``--out`` (default ``benchmarks/results/run_all``, emptied first): one log per command
+Everything goes to ``--out`` (default ``benchmarks/results/run_all``; a folder an earlier run wrote is
+emptied first, any other non-empty folder refused): one log per command
 under ``logs/``, the scripts' own outputs, ``summary.md`` (what is printed) and ``summary.json``. A
 benchmark that fails is marked FAILED in the table with its last error line, the others still run, and the
 exit status is 1.
@@ -42,6 +43,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("CLSCTL_DATA", REPO.parent / "shared" / "data"))
+MARKER = ".run_all"
 PACKAGES = ("torch", "torchvision", "timm", "albumentations", "accelerate", "numpy", "pandas", "scikit-learn",
             "cleanlab", "optuna", "onnxruntime", "opencv-python-headless", "pillow")
 
@@ -404,9 +406,13 @@ def main() -> None:
         parser.error(f"the shared data sets are not at {DATA}: set CLSCTL_DATA to the folder that holds them")
 
     out = args.out.resolve()
+    # emptied first, but only a folder this script made: --out . must never delete a checkout
+    if out.exists() and any(out.iterdir()) and not (out / MARKER).is_file():
+        parser.error(f"--out {out} holds files this script did not write; give a new or empty folder")
     if out.exists():
         shutil.rmtree(out)
     (out / "logs").mkdir(parents=True)
+    (out / MARKER).write_text("written by benchmarks/run_all.py; emptied by its next run\n")
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1",
            "CLSCTL_CACHE": str(out / "cache"), "CLSCTL_RUNS": str(out / "runs"), "CLSCTL_DATA": str(DATA)}
     info = machine()

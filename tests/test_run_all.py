@@ -77,17 +77,34 @@ def test_a_failing_step_is_reported_and_the_others_still_run(run_all, monkeypatc
     assert (out / "summary.md").read_text().count("python good.py") == 2  # every command is listed
 
 
-def test_all_steps_passing_exits_zero_and_empties_the_output_folder_first(run_all, monkeypatch: pytest.MonkeyPatch,
-                                                                           tmp_path: Path) -> None:
+def test_all_steps_passing_exits_zero_and_a_rerun_empties_its_own_folder(run_all, monkeypatch: pytest.MonkeyPatch,
+                                                                          tmp_path: Path) -> None:
     out = tmp_path / "out"
-    (out / "stale").mkdir(parents=True)
     monkeypatch.setattr(run_all, "STEPS", {"only": lambda ctx: [run_all.Row("b", "s", "r | with a bar")]})
     monkeypatch.setattr(sys, "argv", ["run_all.py", "--out", str(out)])
-    with pytest.raises(SystemExit) as exc:
+    for _ in range(2):
+        with pytest.raises(SystemExit) as exc:
+            run_all.main()
+        assert exc.value.code == 0
+        (out / "stale").mkdir()  # what the next run must remove
+    assert (out / "stale").exists()
+    with pytest.raises(SystemExit):
         run_all.main()
-    assert exc.value.code == 0
     assert not (out / "stale").exists()
     assert "| b | s | r \\| with a bar |" in (out / "summary.md").read_text()
+
+
+def test_a_folder_it_did_not_write_is_never_emptied(run_all, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "checkout"
+    out.mkdir()
+    (out / "README.md").write_text("precious")
+    monkeypatch.setattr(sys, "argv", ["run_all.py", "--quick", "--out", str(out)])
+    with pytest.raises(SystemExit) as exc:
+        run_all.main()
+    assert exc.value.code == 2
+    assert "holds files this script did not write" in capsys.readouterr().err
+    assert (out / "README.md").read_text() == "precious"
 
 
 @pytest.mark.parametrize(("only", "message"), [
