@@ -314,10 +314,14 @@ def test_predict_calibrates_and_decides_with_the_runs_out_of_fold_rows(tmp_path,
 
     plain = predict(run, data, tta="none", workers=0, progress=False, write=False)
     assert plain.decision is None and plain.decision_rule == "argmax"
+    before = (run.path / "summary.json").read_bytes()
+    dry = predict(run, data, tta="none", workers=0, progress=False, calibrate="temperature", write=False)
+    assert (run.path / "summary.json").read_bytes() == before  # write=False records nothing in the run
     result = predict(run, data, tta="none", workers=0, progress=False, name="tuned", calibrate="temperature",
                      decide="f1")
     calibration = run.summary["calibration"]["label"]  # fitted on first use, recorded in the run
     np.testing.assert_allclose(result.probs["label"], apply_calibration(plain.probs["label"], calibration), rtol=1e-6)
+    np.testing.assert_allclose(dry.probs["label"], result.probs["label"], rtol=1e-6)  # the same fit, unsaved
     assert result.decision.rule == "f1_offsets" and result.decision.gain > 0
     expected = apply_offsets(log_probs(result.probs["label"]), result.decision.offsets)
     sub = pd.read_csv(result.files["csv"])

@@ -21,6 +21,7 @@ __all__ = ["aug_preview", "preview_from_path"]
 
 MIN_TILE = 96  # px a preview tile is shown at, at least
 
+
 def aug_preview(recipe: Recipe, manifest: pd.DataFrame, out: str | Path, *, n: int = 16, seed: int = 0,
                 columns: int | None = None, views: int = 1) -> Path:
     """Write a PNG grid of ``n`` seeded samples, each through the recipe's train pipeline ``views`` times.
